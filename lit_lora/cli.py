@@ -1,0 +1,81 @@
+"""The command line: ``python -m lit_lora`` and ``lit-lora`` (fit, validate, test, predict).
+
+Everything is configured through YAML files and ``--section.option`` overrides,
+which LightningCLI maps onto the constructor arguments of the trainer, the
+LightningModule (``model``), the LightningDataModule (``data``) and the callbacks
+below. ``model`` and ``data`` accept any subclass through ``class_path``.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from lit_lora.callbacks.export import AdapterExport
+from lit_lora.model.quantization import resolve_dtype
+
+
+def default_precision() -> str:
+    """bf16 mixed precision where the hardware has it, full float32 elsewhere."""
+    import torch
+
+    return "bf16-mixed" if resolve_dtype("auto") == torch.bfloat16 else "32-true"
+
+
+class LitLoraCLI(LightningCLI):
+    """LightningCLI with lit_lora's defaults, checkpointing, adapter export and links."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Checkpoints hold only the adapter, so keeping one per epoch is cheap and the
+        # best epoch is rarely the last; ``last.ckpt`` is what ``--ckpt_path`` resumes.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_top_k": -1,
+                "checkpoint.save_last": True,
+                "checkpoint.every_n_epochs": 1,
+                "checkpoint.filename": "epoch{epoch:02d}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(AdapterExport, "export")
+        # The data module tokenizes with the model's tokenizer: the same files, by link.
+        parser.link_arguments(
+            ("model.init_args.model_name_or_path", "model.init_args.tokenizer_name_or_path"),
+            "data.init_args.tokenizer_name_or_path",
+            compute_fn=lambda model_path, tokenizer_path: tokenizer_path or model_path,
+        )
+        parser.link_arguments(
+            ("model.init_args.gguf_file", "model.init_args.tokenizer_name_or_path"),
+            "data.init_args.gguf_file",
+            compute_fn=lambda gguf_file, tokenizer_path: None if tokenizer_path else gguf_file,
+        )
+
+
+def main(args: ArgsType = None, run: bool = True) -> LitLoraCLI:
+    """Entry point of ``python -m lit_lora`` and the ``lit-lora`` script."""
+    from lit_lora.data import SFTDataModule
+    from lit_lora.model import LoRAModule
+
+    return LitLoraCLI(
+        LoRAModule,
+        SFTDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        # The module builds its own optimizer from the trainable parameters only and
+        # steps the schedule per optimizer step; LightningCLI's wiring would do neither.
+        auto_configure_optimizers=False,
+        seed_everything_default=42,
+        trainer_defaults={
+            "precision": default_precision(),
+            "gradient_clip_val": 0.3,
+            "accumulate_grad_batches": 4,
+            "max_epochs": 3,
+            "log_every_n_steps": 10,
+        },
+        args=args,
+        run=run,
+    )
+
+
+__all__ = ["LitLoraCLI", "main"]

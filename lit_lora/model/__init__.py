@@ -1,0 +1,7 @@
+"""The model side: base loading, quantization, LoRA, loss and the LightningModule."""
+
+from lit_lora.model.lora import LoRASettings
+from lit_lora.model.module import LoRAModule
+from lit_lora.model.quantization import QuantizationSettings
+
+__all__ = ["LoRAModule", "LoRASettings", "QuantizationSettings"]

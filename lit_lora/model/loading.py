@@ -1,0 +1,58 @@
+"""Building the (optionally quantized) base model from its source."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
+from lit_lora.model.source import cache_root
+
+
+def random_weights_folder(config_folder: str, seed: int) -> Path:
+    """Materialise a randomly initialised model for ``config_folder/config.json``, once.
+
+    Transformers quantizes with bitsandbytes only while loading from files, so a
+    random model is written to a cache folder (keyed by the config's content and the
+    seed) and then loaded like any pretrained one. The same config and seed always
+    give the same weights, which is what lets a test rebuild the exact base later.
+    """
+    config = AutoConfig.from_pretrained(config_folder)
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    key = hashlib.sha256(f"{text}|{seed}".encode()).hexdigest()[:16]
+    folder = cache_root() / "random" / f"{config.model_type}-{key}"
+    if not (folder / "config.json").is_file():
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config)
+        tmp = folder.with_name(folder.name + ".partial")
+        model.save_pretrained(tmp)
+        tmp.rename(folder)
+    return folder
+
+
+def load_base_model(
+    folder: str,
+    quantization: QuantizationSettings,
+    device: torch.device,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM from ``folder`` (or a hub id) onto ``device``, quantized as configured.
+
+    Loading straight onto the training device matters for bitsandbytes: the weights
+    are quantized as they arrive, so a 7B model never exists in 16-bit on the GPU.
+    """
+    kwargs = {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(
+        folder,
+        quantization_config=quantization.to_bnb_config(),
+        dtype=resolve_dtype(quantization.compute_dtype),
+        device_map={"": device},
+        **kwargs,
+    )

@@ -1,0 +1,66 @@
+"""LoRA adapter settings, turned into a PEFT ``LoraConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from peft import LoraConfig
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    """Shape and placement of the LoRA adapters (defaults: the reference cheat sheet).
+
+    Args:
+        r: Rank of each update ``B @ A``. 16 suits instruction tuning; raise it when
+            the model underfits, lower it when it overfits.
+        alpha: Scale numerator: the update is multiplied by ``alpha / r`` (or
+            ``alpha / sqrt(r)`` with ``use_rslora``). Keep it at ``2 * r`` and tune
+            the learning rate instead.
+        dropout: Dropout on the adapter's input; 0.05 for small and mid-sized data,
+            0.0 for very large data sets.
+        target_modules: Modules that get adapters: ``all-linear`` (every linear layer
+            but the output head: the best quality per parameter), or a list of module
+            names such as ``[q_proj, k_proj, v_proj, o_proj]``.
+        bias: Which biases to train: ``none``, ``all`` or ``lora_only``.
+        layers_to_transform: Indices of the transformer blocks that get adapters;
+            null for all of them.
+        modules_to_save: Modules trained in full and saved with the adapter, e.g.
+            ``[embed_tokens, lm_head]`` after adding tokens; they get the module's
+            ``embedding_lr_ratio``.
+        use_dora: Weight-decomposed LoRA (DoRA): learns magnitude and direction
+            separately; usually better at low rank, slower per step.
+        use_rslora: Rank-stabilised scaling ``alpha / sqrt(r)``, which keeps
+            high-rank adapters learning.
+        init_lora_weights: Initialisation: ``true`` (A random, B zero, so training
+            starts exactly at the base model), ``gaussian``, ``pissa``, ``olora``,
+            ``loftq``, ``orthogonal``..., or ``false`` (both random; for tests only).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+    layers_to_transform: list[int] | None = None
+    modules_to_save: list[str] | None = None
+    use_dora: bool = False
+    use_rslora: bool = False
+    init_lora_weights: bool | str = True
+
+    def to_peft_config(self) -> LoraConfig:
+        """The PEFT ``LoraConfig`` for a causal language model."""
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            bias=self.bias,
+            layers_to_transform=self.layers_to_transform,
+            modules_to_save=self.modules_to_save,
+            use_dora=self.use_dora,
+            use_rslora=self.use_rslora,
+            init_lora_weights=self.init_lora_weights,
+            task_type="CAUSAL_LM",
+        )

@@ -1,0 +1,25 @@
+"""Loading the tokenizer that both the data module and the model module use."""
+
+from __future__ import annotations
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lit_lora.model.source import resolve_model_folder
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer, giving it a pad token when it has none.
+
+    Padding never decides what is trained (the collator writes -100 into the labels of
+    padded positions explicitly), so reusing EOS as the pad token is safe and avoids
+    adding a token, which would resize the embeddings of a frozen base.
+
+    Args:
+        name_or_path: A local folder or hub id holding the tokenizer files.
+        gguf_file: A GGUF file inside ``name_or_path`` whose embedded tokenizer to use.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(name_or_path, gguf_file))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
