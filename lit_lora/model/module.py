@@ -140,22 +140,21 @@ class LoRAModule(LightningModule):
 
     def apply_adapter(self, base: PreTrainedModel) -> PeftModel:
         """Prepare the base for training and wrap it with the LoRA adapter."""
-        # Non-reentrant checkpointing propagates gradients to the adapters of a frozen
-        # base without forcing the input embeddings to require grad.
-        checkpoint_kwargs = {"use_reentrant": False}
         if self.quantization.quantized:
-            base = prepare_model_for_kbit_training(
-                base,
-                use_gradient_checkpointing=self.gradient_checkpointing,
-                gradient_checkpointing_kwargs=checkpoint_kwargs,
-            )
-        elif self.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+            # Casts the remaining non-quantized weights (norms, embeddings) to float32 for
+            # stable training and freezes everything.
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
         if self.gradient_checkpointing:
+            # Non-reentrant checkpointing propagates gradients to the adapters of a
+            # frozen base without forcing the input embeddings to require grad.
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
         model = get_peft_model(base, self.lora.to_peft_config())
         # Record what the user named, not the cache folder a GGUF or random model loads from.
         model.peft_config["default"].base_model_name_or_path = self.model_name_or_path
+        # from_pretrained returns a model in eval mode, and Lightning keeps the modes it
+        # finds: without this, LoRA dropout would silently stay off during training.
+        model.train()
         return model
 
     # ------------------------------------------------------------------ objective
@@ -261,25 +260,29 @@ class LoRAModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainable_names(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+    def _trainable_shapes(self) -> dict[str, torch.Size]:
+        return {name: p.shape for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trained weights: a few MB instead of the whole frozen base."""
-        keep = self._trainable_names()
+        keep = self._trainable_shapes()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapter does not match this module's LoRA settings."""
         # ``load_from_checkpoint`` restores before any trainer built the model.
         self.configure_model()
-        expected, found = self._trainable_names(), set(checkpoint["state_dict"])
+        expected = self._trainable_shapes()
+        found = {name: value.shape for name, value in checkpoint["state_dict"].items()}
         if expected != found:
-            missing, unexpected = sorted(expected - found), sorted(found - expected)
+            missing = sorted(expected.keys() - found.keys())
+            unexpected = sorted(found.keys() - expected.keys())
+            reshaped = sorted(n for n in expected.keys() & found.keys() if expected[n] != found[n])
             raise ConfigError(
                 "The checkpoint's adapter does not match model.lora / model.quantization: "
-                f"{len(missing)} trained weights missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-                f"(e.g. {unexpected[:2]}). Resume with the settings the checkpoint was trained with."
+                f"{len(missing)} trained weights missing (e.g. {missing[:1]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:1]}), {len(reshaped)} of another shape (e.g. {reshaped[:1]}). "
+                "Resume with the settings the checkpoint was trained with."
             )
 
     def save_adapter(self, directory: str | Path) -> Path:

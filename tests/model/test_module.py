@@ -1,0 +1,143 @@
+"""The LoRAModule on a tiny random Llama: gradients, loss normalisation, checkpoints."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader
+
+from lit_lora import LoRAModule, LoRASettings, LRSchedule, QuantizationSettings
+from lit_lora.errors import ConfigError
+
+
+def build(tiny_model_dir, **kwargs) -> LoRAModule:
+    kwargs.setdefault("quantization", QuantizationSettings(mode="none"))
+    kwargs.setdefault("lora", LoRASettings(r=4, alpha=8, dropout=0.0, init_lora_weights=False))
+    module = LoRAModule(str(tiny_model_dir), random_init=True, **kwargs)
+    torch.manual_seed(0)  # LoRA matrices are initialised from the global generator
+    module.configure_model()
+    return module
+
+
+def batch(seed: int, rows: int, length: int, supervised: list[int], vocab: int) -> dict[str, torch.Tensor]:
+    """A batch whose row ``i`` is trained on its last ``supervised[i]`` positions."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (rows, length), generator=generator)
+    labels = torch.full_like(input_ids, -100)
+    for i, n in enumerate(supervised):
+        labels[i, length - n :] = input_ids[i, length - n :]
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def lora_grads(module: LoRAModule) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_every_lora_matrix_gets_gradient_on_4bit_base_with_checkpointing(tiny_model_dir):
+    module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4"), gradient_checkpointing=True)
+    layer = module.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer.base_layer, bnb.nn.Linear4bit)
+    assert module.model.base_model.model.is_activation_checkpointing
+    assert module.model.training
+    module.train()
+    vocab = module.model.config.vocab_size
+    loss_sum, count = module.compute_loss(batch(0, 2, 16, [5, 9], vocab))
+    (loss_sum / count).backward()
+    grads = lora_grads(module)
+    # all-linear on 2 layers: 7 projections x (A, B) x 2 layers
+    assert len(grads) == 28
+    assert all("lora_" in n for n in grads)
+    assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_default_init_trains_b_first_then_a(tiny_model_dir):
+    # B starts at zero, so A's first gradient is exactly zero; after one step both learn.
+    module = build(
+        tiny_model_dir,
+        quantization=QuantizationSettings(mode="nf4"),
+        lora=LoRASettings(r=4, alpha=8, dropout=0.0),
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+    )
+    module.train()
+    params = dict((n, p) for n, p in module.named_parameters() if p.requires_grad)
+    optimizer = torch.optim.SGD(params.values(), lr=1.0)
+    data = batch(0, 2, 16, [5, 9], module.model.config.vocab_size)
+    for step in range(2):
+        optimizer.zero_grad()
+        loss_sum, count = module.compute_loss(data)
+        (loss_sum / count).backward()
+        for name, p in params.items():
+            nonzero = bool(p.grad.abs().sum() > 0)
+            assert nonzero == ("lora_B" in name or step == 1), (step, name)
+        optimizer.step()
+
+
+class Recording(LoRAModule):
+    """Keeps the normalised gradients of the first optimizer step."""
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        self.recorded = lora_grads(self)
+
+
+def test_loss_is_mean_over_supervised_tokens_of_the_optimizer_step(tiny_model_dir):
+    vocab = 512
+    # Two micro-batches with very different numbers of supervised tokens (3 and 20).
+    micro = [batch(1, 1, 24, [3], vocab), batch(2, 2, 24, [10, 10], vocab)]
+    module = build(tiny_model_dir, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    module.__class__ = Recording
+    trainer = Trainer(
+        max_steps=1,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(micro, batch_size=None))
+
+    reference = build(tiny_model_dir)
+    reference.train()
+    sums, counts = zip(*(reference.compute_loss(b) for b in micro))
+    (sum(sums) / sum(counts)).backward()
+    expected = lora_grads(reference)
+    for name, grad in module.recorded.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-7)
+
+    # The per-micro-batch average that gradient accumulation usually computes differs.
+    naive = build(tiny_model_dir)
+    naive.train()
+    for b in micro:
+        s, c = naive.compute_loss(b)
+        (s / c / 2).backward()
+    name = next(iter(expected))
+    assert not torch.allclose(lora_grads(naive)[name], expected[name], rtol=1e-2)
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx((sum(sums) / sum(counts)).item(), rel=1e-5)
+
+
+def test_checkpoint_holds_only_the_adapter_and_loads_into_a_fresh_module(tiny_model_dir, tmp_path):
+    module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4"))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == {n for n, p in module.named_parameters() if p.requires_grad}
+    torch.save(checkpoint, tmp_path / "c.ckpt")
+
+    fresh = LoRAModule(str(tiny_model_dir), random_init=True, quantization=QuantizationSettings(mode="nf4"), lora=module.lora)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"], strict=False)
+    for name, value in checkpoint["state_dict"].items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, rtol=0, atol=0)
+
+    other = LoRAModule(str(tiny_model_dir), random_init=True, lora=LoRASettings(r=8))
+    with pytest.raises(ConfigError, match="does not match model.lora"):
+        other.on_load_checkpoint(checkpoint)
+
+
+def test_missing_model_path_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="model.model_name_or_path: '.*nope' is not a folder"):
+        LoRAModule(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="gguf_file: 'x.gguf' is not in"):
+        LoRAModule(str(tmp_path), gguf_file="x.gguf")
