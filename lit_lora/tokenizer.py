@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lit_lora.model.source import resolve_model_folder
+from lit_lora.source import resolve_model_folder
 
 
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:

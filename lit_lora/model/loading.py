@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
-from lit_lora.model.source import cache_root
+from lit_lora.source import cache_root
 
 
 def random_weights_folder(config_folder: str, seed: int) -> Path:

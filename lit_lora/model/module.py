@@ -21,7 +21,7 @@ from lit_lora.model.loading import load_base_model, random_weights_folder
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.model.source import check_model_source, resolve_model_folder
+from lit_lora.source import check_model_source, resolve_model_folder
 from lit_lora.optim import LRSchedule, default_optimizer, parameter_groups, scale_group_learning_rates
 from lit_lora.tokenizer import load_tokenizer
 
@@ -240,9 +240,16 @@ class LoRAModule(LightningModule):
         texts = self.generate(batch["input_ids"], batch["attention_mask"])
         return [{"prediction": text, "reference": ref} for text, ref in zip(texts, batch["reference"])]
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
-        """Greedy continuations of left-padded prompts with the current adapter."""
-        return generate_texts(self.model, self.tokenizer, input_ids, attention_mask, self.max_new_tokens)
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy continuations of left-padded prompts with the current adapter.
+
+        Args:
+            input_ids: ``(B, T)`` left-padded prompt ids.
+            attention_mask: ``(B, T)``, 0 on the padding.
+            max_new_tokens: Overrides the module's ``max_new_tokens``.
+        """
+        limit = max_new_tokens or self.max_new_tokens
+        return generate_texts(self.model, self.tokenizer, input_ids, attention_mask, limit)
 
     # ------------------------------------------------------------------ optimisation
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

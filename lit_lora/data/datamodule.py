@@ -1,0 +1,457 @@
+"""The Lightning data module for supervised fine-tuning on prompt/response data."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from datasets import Dataset
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
+from lit_lora.data.encode import Example, encode_segments, sequence_prefix
+from lit_lora.data.files import check_data_path, load_split
+from lit_lora.data.formats import (
+    FORMAT_COLUMNS,
+    Conversation,
+    alpaca_input,
+    check_format_name,
+    resolve_format,
+    text_field,
+    to_conversation,
+)
+from lit_lora.data.render import (
+    Segment,
+    check_template_name,
+    render_chat,
+    render_plain_alpaca,
+    render_plain_messages,
+    render_plain_prompt_completion,
+    resolve_template,
+)
+from lit_lora.data.split import holdout_split
+from lit_lora.errors import ConfigError
+from lit_lora.tokenizer import load_tokenizer
+
+Split = Literal["train", "validation", "test", "predict"]
+
+# What each Lightning stage reads; None (a direct call) prepares everything.
+_STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
+    "fit": ("train", "validation"),
+    "validate": ("validation",),
+    "test": ("test",),
+    "predict": ("predict",),
+    None: ("train", "validation", "test", "predict"),
+}
+
+# Attributes that never change how a row is tokenized, left out of the tokenization cache key.
+_NOT_IN_EXAMPLES = (
+    "trainer",
+    "train_file",
+    "val_file",
+    "val_fraction",
+    "test_file",
+    "predict_file",
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "num_proc",
+    "pad_to_multiple_of",
+    "seed",
+)
+
+
+@dataclass
+class _Part:
+    """Rows of one file or split, as read and as tokenized, in the same order."""
+
+    rows: Dataset
+    examples: Dataset
+    format: str
+    source: str
+    prompts: list[PromptExample] | None = None
+
+
+class SFTDataModule(LightningDataModule):
+    """Supervised fine-tuning data: prompt/response examples, tokenized with masked prompts.
+
+    Reads ``prompt_completion``, ``alpaca`` or ``messages`` data from local
+    ``.jsonl``/``.json``/``.csv``/``.parquet`` files or hub datasets, renders each
+    example with the tokenizer's chat template (or a plain template), and labels only
+    the responses. See ``lit_lora.data.render`` for exactly what is rendered.
+
+    To add a format, subclass, add its required columns to ``format_columns`` and
+    handle it in ``to_conversation``; ``render`` and ``encode`` can be overridden to
+    change how examples become text and tokens.
+
+    Args:
+        train_file: Training data: a local file, or a hub dataset id ``name`` or
+            ``name:split`` (default split ``train``).
+        val_file: Validation data, like ``train_file`` (default split ``validation``).
+            Leave unset to hold out ``val_fraction`` of the training data instead, or to
+            skip validation.
+        val_fraction: Share of the training rows held out for validation when there is
+            no ``val_file``, in [0, 1); the split is fixed by ``seed``. 0 means no validation.
+        test_file: Data for ``lit-lora test`` (default hub split ``test``); unset uses
+            the validation data.
+        predict_file: Data to generate for in ``lit-lora predict`` (default hub split
+            ``test``): each example is cut before its last assistant turn, which becomes
+            the reference. Unset uses the validation data.
+        format: How the data is laid out: ``prompt_completion`` (columns prompt,
+            completion), ``alpaca`` (instruction, optional input, output), ``messages``
+            (a list of role/content turns), or ``auto`` to tell from the columns.
+        template: ``chat`` renders with the tokenizer's chat template, ``plain`` with
+            the fixed plain templates, ``auto`` uses chat when the tokenizer has one.
+        max_length: Longest example in tokens; longer ones are cut at the end, and an
+            example left with no response token is dropped with a warning.
+        train_on_prompt: Also train on prompt tokens (system and user turns, template
+            text), not just on the responses.
+        batch_size: Training examples per batch.
+        eval_batch_size: Examples per validation, test and predict batch; unset uses
+            ``batch_size``.
+        num_workers: DataLoader worker processes; 0 loads batches in the main process.
+        num_proc: Processes for tokenizing the data; unset uses one. Results are cached
+            by ``datasets``, so a second run with the same settings skips tokenizing.
+        pad_to_multiple_of: Round each batch's padded length up to a multiple of this
+            (8 suits tensor cores); unset pads to the longest example in the batch.
+        seed: Seeds the training shuffle and the ``val_fraction`` split.
+        tokenizer_name_or_path: Folder or hub id of the tokenizer. The CLI fills it in
+            from ``model.model_name_or_path``; set it only to use the data module alone.
+        gguf_file: GGUF file inside ``tokenizer_name_or_path`` whose tokenizer to use.
+            The CLI fills it in from ``model.gguf_file``.
+    """
+
+    format_columns: ClassVar[Mapping[str, Sequence[str]]] = FORMAT_COLUMNS
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str | None = None,
+        val_fraction: float = 0.0,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        format: Literal["auto", "prompt_completion", "alpaca", "messages"] = "auto",
+        template: Literal["auto", "chat", "plain"] = "auto",
+        max_length: int = 2048,
+        train_on_prompt: bool = False,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 42,
+        tokenizer_name_or_path: str | None = None,
+        gguf_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        for field, value in (
+            ("data.train_file", train_file),
+            ("data.val_file", val_file),
+            ("data.test_file", test_file),
+            ("data.predict_file", predict_file),
+        ):
+            if value is not None:
+                check_data_path(value, field)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(
+                f"data.val_fraction: {val_fraction} is outside [0, 1). Fix: use e.g. 0.05, or 0 for none."
+            )
+        if val_file is not None and val_fraction > 0:
+            raise ConfigError(
+                f"data.val_fraction: {val_fraction} is set together with data.val_file '{val_file}'. "
+                "Fix: set only one of them."
+            )
+        check_format_name(format, self.format_columns)
+        check_template_name(template)
+        for field, value, smallest in (
+            ("max_length", max_length, 1),
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("num_proc", num_proc, 1),
+            ("pad_to_multiple_of", pad_to_multiple_of, 1),
+        ):
+            if value is not None and value < smallest:
+                raise ConfigError(f"data.{field}: {value} is below {smallest}. Fix: set it to at least {smallest}.")
+        self.train_file = train_file
+        self.val_file = val_file
+        self.val_fraction = val_fraction
+        self.test_file = test_file
+        self.predict_file = predict_file
+        self.format = format
+        self.template = template
+        self.max_length = max_length
+        self.train_on_prompt = train_on_prompt
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.seed = seed
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.gguf_file = gguf_file
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        # Examples dropped for lack of a trained token within max_length, per split.
+        self.dropped: dict[str, int] = {}
+        self._mode: Literal["chat", "plain"] | None = None
+        self._prefix: list[int] = []
+        self._splits: dict[str, _Part | None] = {}
+
+    def to_conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
+        """Turn one row of the data into role/content turns.
+
+        Args:
+            row: One example as read from the file.
+            format: The format of the file the row comes from.
+
+        Raises:
+            ConfigError: The row does not fit the format.
+        """
+        return to_conversation(row, format)
+
+    def render(self, row: Mapping[str, Any], format: str) -> list[Segment]:
+        """Render one row as text segments, trained where the model should produce them.
+
+        Chat mode renders ``to_conversation(row)`` with the chat template; plain mode
+        uses the plain template of the row's format, or the plain ``messages`` layout
+        for any other format.
+
+        Args:
+            row: One example as read from the file.
+            format: The format of the file the row comes from.
+
+        Raises:
+            ConfigError: The row does not fit the format, or the template cannot render it.
+        """
+        if self._mode == "chat":
+            return render_chat(self.to_conversation(row, format), self.tokenizer)
+        eos = self.tokenizer.eos_token
+        if format == "prompt_completion":
+            return render_plain_prompt_completion(text_field(row, "prompt"), text_field(row, "completion"), eos)
+        if format == "alpaca":
+            return render_plain_alpaca(
+                text_field(row, "instruction"), alpaca_input(row), text_field(row, "output"), eos
+            )
+        return render_plain_messages(self.to_conversation(row, format), eos)
+
+    def encode(self, segments: list[Segment], max_length: int | None = None) -> Example:
+        """Tokenize segments into ``input_ids``, ``labels`` and ``num_supervised``.
+
+        Args:
+            segments: Rendered text pieces, in order.
+            max_length: Keep only the first ``max_length`` tokens; ``None`` keeps all
+                (prompts for generation are never cut).
+        """
+        return encode_segments(self.tokenizer, segments, self._prefix, max_length)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the tokenizer, then read, check and tokenize the data the stage needs.
+
+        Safe to call again: splits already prepared are kept.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all.
+        """
+        for split in _STAGE_SPLITS[stage]:
+            self._split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, right-padded training batches; the order is fixed by ``seed``."""
+        return DataLoader(
+            self._split("train").examples,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches, or ``[]`` (no validation) when there is no validation data."""
+        return self._eval_dataloader("validation")
+
+    def test_dataloader(self) -> DataLoader | list:
+        """Test batches from ``test_file``, else the validation data; ``[]`` when there is none."""
+        return self._eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """Left-padded prompt batches with their ``reference`` texts, for generation."""
+        prompts = self.prompt_examples("predict")
+        if not prompts:
+            return []
+        return DataLoader(
+            prompts,
+            batch_size=self.eval_batch_size,
+            collate_fn=PromptCollator(self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+        )
+
+    def dataset(self, split: Split) -> Dataset | None:
+        """The tokenized examples of a split (``input_ids``, ``labels``), in file order.
+
+        Args:
+            split: ``train``, ``validation``, ``test`` or ``predict``.
+
+        Returns:
+            The examples kept after dropping those with nothing to train, or ``None``
+            when the split has no data.
+        """
+        part = self._split(split)
+        return None if part is None else part.examples
+
+    def prompt_examples(self, split: Split) -> list[PromptExample]:
+        """The prompt and reference response of every example kept in a split.
+
+        The prompt is everything up to where the last assistant turn starts (earlier
+        turns, and the template's assistant header in chat mode), rendered and tokenized
+        exactly as in training but never truncated; the reference is that last turn's text.
+
+        Args:
+            split: ``train``, ``validation``, ``test`` or ``predict``.
+        """
+        part = self._split(split)
+        if part is None:
+            return []
+        if part.prompts is None:
+            part.prompts = [self._prompt_example(row, part.format) for row in part.rows]
+        return part.prompts
+
+    def _prompt_example(self, row: Mapping[str, Any], format: str) -> PromptExample:
+        segments = self.render(row, format)
+        last = max(index for index, segment in enumerate(segments) if segment.trained)
+        reference = next(
+            turn["content"] for turn in reversed(self.to_conversation(row, format)) if turn["role"] == "assistant"
+        )
+        return PromptExample(self.encode(segments[:last])["input_ids"], reference)
+
+    def _eval_dataloader(self, split: Split) -> DataLoader | list:
+        examples = self.dataset(split)
+        if not examples:
+            return []
+        return DataLoader(
+            examples, batch_size=self.eval_batch_size, collate_fn=self._collator(), num_workers=self.num_workers
+        )
+
+    def _collator(self) -> SFTCollator:
+        return SFTCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+
+    def _split(self, split: Split) -> _Part | None:
+        if split not in self._splits:
+            self._load(split)
+        return self._splits[split]
+
+    def _load(self, split: Split) -> None:
+        if split == "validation" and self.val_file is not None:
+            self._splits[split] = self._keep_supervised(split, self._read("data.val_file", self.val_file, "validation"))
+        elif split in ("train", "validation"):
+            self._load_train_file()
+        else:
+            field, value = (
+                ("data.test_file", self.test_file) if split == "test" else ("data.predict_file", self.predict_file)
+            )
+            self._splits[split] = (
+                self._split("validation")
+                if value is None
+                else self._keep_supervised(split, self._read(field, value, "test"))
+            )
+
+    def _load_train_file(self) -> None:
+        """Prepare the train split, and the validation split when it is held out of the training file."""
+        part = self._read("data.train_file", self.train_file, "train")
+        rows: Sequence[int] = range(len(part.rows))
+        if self.val_fraction > 0:
+            rows, held_out = holdout_split(len(rows), self.val_fraction, self.seed)
+            self._splits["validation"] = self._keep_supervised("validation", part, held_out)
+        elif self.val_file is None:
+            self._splits["validation"] = None
+        train = self._keep_supervised("train", part, rows)
+        if len(train.examples) == 0:
+            raise ConfigError(
+                f"{part.source}: no training example has a trained token within data.max_length={self.max_length}. "
+                "Fix: raise data.max_length, or shorten the prompts."
+            )
+        self._splits["train"] = train
+
+    def _read(self, field: str, value: str, default_split: str) -> _Part:
+        """Load a file, check its format and tokenize all its rows."""
+        self._load_tokenizer()
+        rows = load_split(value, field, default_split)
+        source = f"{field} '{value}'"
+        format = resolve_format(self.format, rows.column_names, source, self.format_columns)
+        examples = rows.map(
+            self._detached()._encode_row,
+            with_indices=True,
+            fn_kwargs={"format": format, "source": source},
+            remove_columns=rows.column_names,
+            num_proc=self.num_proc,
+            desc=f"Tokenizing {source}",
+        )
+        return _Part(rows, examples, format, source)
+
+    def _keep_supervised(self, split: Split, part: _Part, rows: Sequence[int] | None = None) -> _Part:
+        """Select rows of a file, dropping (and counting, and warning about) those with nothing to train."""
+        rows = range(len(part.rows)) if rows is None else rows
+        supervised = np.asarray(part.examples["num_supervised"])[list(rows)]
+        kept = [row for row, count in zip(rows, supervised, strict=True) if count > 0]
+        self.dropped[split] = len(rows) - len(kept)
+        if self.dropped[split]:
+            rank_zero_warn(
+                f"{split} split ({part.source}): dropped {self.dropped[split]} of {len(rows)} examples that have no "
+                f"trained token within data.max_length={self.max_length}. Raise data.max_length, or shorten them."
+            )
+        return _Part(
+            part.rows.select(kept),
+            part.examples.select(kept).select_columns(["input_ids", "labels"]),
+            part.format,
+            part.source,
+        )
+
+    def _load_tokenizer(self) -> None:
+        if self.tokenizer is not None:
+            return
+        if self.tokenizer_name_or_path is None:
+            raise ConfigError(
+                "data.tokenizer_name_or_path is not set, so there is no tokenizer to prepare the data with. "
+                "Fix: set model.model_name_or_path (the CLI copies it here), or set data.tokenizer_name_or_path."
+            )
+        tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
+        self._mode = resolve_template(self.template, tokenizer)
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"tokenizer '{self.tokenizer_name_or_path}' has no EOS token, which ends every response and pads "
+                "batches. Fix: use a tokenizer that defines eos_token."
+            )
+        # A chat template writes BOS itself when the model wants one; adding the
+        # tokenizer's own prefix on top would double it.
+        self._prefix = sequence_prefix(tokenizer) if self._mode == "plain" else []
+        self.tokenizer = tokenizer
+
+    def _detached(self) -> SFTDataModule:
+        """A copy that keeps only what shapes an example: the tokenizer and rendering settings.
+
+        ``Dataset.map`` pickles its function to worker processes and hashes it into the
+        cache key. The trainer cannot be pickled, loaded data would change the key from
+        one call to the next, and batching settings would make a new batch size
+        tokenize everything again.
+        """
+        clone = copy.copy(self)
+        clone.__dict__.update(dict.fromkeys(_NOT_IN_EXAMPLES))
+        clone.dropped = {}
+        clone._splits = {}
+        return clone
+
+    def _encode_row(self, row: dict[str, Any], index: int, format: str, source: str) -> Example:
+        try:
+            segments = self.render(row, format)
+        except ConfigError as error:
+            raise ConfigError(f"{source}, row {index}: {error}") from error
+        if self.train_on_prompt:
+            segments = [Segment(segment.text, True) for segment in segments]
+        return self.encode(segments, self.max_length)

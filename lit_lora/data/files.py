@@ -1,0 +1,118 @@
+"""Reading one split of examples from a local file or a hub dataset, every field exactly as written.
+
+A setting names a local file when it has a known extension (``.jsonl``, ``.json``,
+``.csv``, ``.parquet``), starts with ``.``, ``/`` or ``~``, contains a backslash or
+more than one ``/``, or exists on disk. Anything else is a hub dataset id, ``name``
+or ``org/name``, optionally followed by ``:split``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, Features, Value, load_dataset
+
+from lit_lora.errors import ConfigError
+
+# File extension -> the `datasets` builder that reads it.
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+_KNOWN = ", ".join(BUILDERS)
+
+
+def is_local(value: str) -> bool:
+    """Whether a data setting names a local file rather than a hub dataset id.
+
+    Args:
+        value: The setting as the user wrote it.
+    """
+    path = Path(value).expanduser()
+    return (
+        path.suffix.lower() in BUILDERS
+        or value.startswith((".", "/", "~"))
+        or "\\" in value
+        or value.count("/") > 1
+        or path.exists()
+    )
+
+
+def check_data_path(value: str, field: str) -> None:
+    """Fail at construction time when a setting that looks local is no readable data file.
+
+    Hub ids are not checked here: that needs the network, so it happens when loading.
+
+    Args:
+        value: The setting as the user wrote it.
+        field: The config field it came from (``data.train_file``), named in the error.
+
+    Raises:
+        ConfigError: The file does not exist, is a folder, or has an unknown extension.
+    """
+    if not is_local(value):
+        return
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"{field}: '{value}' does not exist (looked for {path.resolve()}). Fix: point {field} at an "
+            f"existing {_KNOWN} file, or at a hub dataset id such as 'org/name' or 'org/name:train'."
+        )
+    if not path.is_file() or path.suffix.lower() not in BUILDERS:
+        raise ConfigError(
+            f"{field}: '{value}' is not a {_KNOWN} file. Fix: save the data in one of those formats "
+            f"and point {field} at that file."
+        )
+
+
+def load_split(value: str, field: str, default_split: str) -> Dataset:
+    """Load the rows a data setting names, with every text field as written in the file.
+
+    Args:
+        value: A local file path, or a hub dataset id with an optional ``:split``.
+        field: The config field the value came from, named in errors.
+        default_split: The hub split to load when ``value`` names none.
+
+    Raises:
+        ConfigError: The file is unreadable or malformed, the hub dataset cannot be
+            loaded, or there are no rows.
+    """
+    check_data_path(value, field)
+    if is_local(value):
+        try:
+            rows = _load_file(Path(value).expanduser())
+        except Exception as error:  # pandas, pyarrow and datasets each raise their own types for a malformed file
+            raise ConfigError(
+                f"{field}: could not read '{value}' ({type(error).__name__}: {error}). Fix: make it "
+                "non-empty, valid JSON Lines (one object per line), a JSON list of objects, a CSV file "
+                "with a header row, or a Parquet file."
+            ) from error
+    else:
+        name, _, split = value.partition(":")
+        split = split or default_split
+        try:
+            rows = load_dataset(name, split=split)
+        except Exception as error:  # offline, unknown id, unknown split: all surface as different types
+            raise ConfigError(
+                f"{field}: could not load split '{split}' of hub dataset '{name}' ({type(error).__name__}: "
+                f"{error}). Fix: check the id and split ('name:split'), that the hub can be reached or the "
+                f"dataset is cached, or point {field} at a local {_KNOWN} file."
+            ) from error
+    if len(rows) == 0:
+        raise ConfigError(f"{field}: '{value}' has no rows. Fix: point {field} at a file with examples.")
+    return rows
+
+
+def _load_file(path: Path) -> Dataset:
+    builder = BUILDERS[path.suffix.lower()]
+    options = {}
+    if builder == "csv":
+        # pandas would read "00123" as 123, "NA" and "" as NaN and "True" as a bool;
+        # typing every column as a string and turning NA detection off keeps each field
+        # byte-exact. The header is read with the same parser so the names match.
+        columns = pd.read_csv(path, nrows=0).columns
+        options = {
+            "features": Features({column: Value("string") for column in columns}),
+            "keep_default_na": False,
+            "na_filter": False,
+        }
+    return load_dataset(builder, data_files=str(path), split="train", **options)

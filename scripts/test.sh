@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and runs the whole test suite: offline, CPU, a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+"${PYTHON:-python3}" -m pytest -q "$@"

@@ -1,0 +1,82 @@
+"""Reading data files: byte-exact text, and errors that name the file and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sft_helpers import write_csv, write_jsonl
+
+from lit_lora.data.files import check_data_path, is_local, load_split
+from lit_lora.errors import ConfigError
+
+# Values a CSV or JSON reader likes to "helpfully" convert or trim.
+TRICKY = [
+    {"prompt": "00123", "completion": "NA"},
+    {"prompt": " leading space", "completion": "trailing\n"},
+    {"prompt": "True", "completion": ""},
+    {"prompt": "null", "completion": "1.50"},
+    {"prompt": "  \n\t", "completion": "nan"},
+]
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    if path.suffix == ".csv":
+        return write_csv(path, rows)
+    if path.suffix == ".jsonl":
+        return write_jsonl(path, rows)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json", ".parquet"])
+def test_fields_arrive_byte_exact(tmp_path: Path, suffix: str) -> None:
+    rows = load_split(_write(tmp_path / f"train{suffix}", TRICKY), "data.train_file", "train")
+    assert rows.to_list() == TRICKY
+
+
+def test_hub_ids_and_paths_are_told_apart() -> None:
+    assert not is_local("HuggingFaceTB/smoltalk")
+    assert not is_local("tatsu-lab/alpaca:train")
+    assert is_local("train.jsonl")
+    assert is_local("./train")
+    assert is_local("data/sets/train")
+
+
+def test_missing_file_names_field_file_and_fix() -> None:
+    with pytest.raises(
+        ConfigError, match=r"data\.val_file: 'nope/missing\.jsonl' does not exist .* Fix: point data\.val_file"
+    ):
+        check_data_path("nope/missing.jsonl", "data.val_file")
+
+
+def test_unknown_extension_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "train.txt"
+    path.write_text("hello")
+    with pytest.raises(
+        ConfigError, match=r"data\.train_file: '.*train\.txt' is not a \.jsonl, \.json, \.csv, \.parquet file"
+    ):
+        check_data_path(str(path), "data.train_file")
+
+
+def test_hub_ids_are_not_checked_at_construction() -> None:
+    check_data_path("org/name:train", "data.train_file")
+
+
+def test_malformed_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "Hi", "completion": \n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data\.train_file: could not read '.*broken\.jsonl'"):
+        load_split(str(path), "data.train_file", "train")
+
+
+def test_file_without_rows_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("prompt,completion\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data\.test_file: could not read '.*empty\.csv' .* Fix: make it non-empty"):
+        load_split(str(path), "data.test_file", "test")

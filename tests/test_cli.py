@@ -1,0 +1,139 @@
+"""The command line: every shipped YAML, print_config round trips, end-to-end fit, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+
+from lit_lora.cli import LitLoraCLI, main
+from lit_lora.errors import ConfigError
+from lit_lora.model.loading import load_base_model, random_weights_folder
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+class ParseOnlyCLI(LitLoraCLI):
+    """Parses and validates a config without building anything (no model, no files)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
+def parse(args: list[str]):
+    from lit_lora.data import SFTDataModule
+    from lit_lora.model import LoRAModule
+
+    return ParseOnlyCLI(
+        LoRAModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        auto_configure_optimizers=False, args=args, run=False,
+    ).config
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    # Shipped configs name repo-relative paths (assets/, data/), as the README runs them.
+    monkeypatch.chdir(REPO)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_parses(config, in_repo):
+    cfg = parse(["--config", str(config)])
+    assert cfg.model.class_path.startswith("lit_lora.")
+    assert cfg.data.init_args.train_file
+
+
+def test_print_config_runs_again_unchanged(in_repo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/tiny.yaml", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    dumped = tmp_path / "printed.yaml"
+    dumped.write_text(printed)
+    config = yaml.safe_load(printed)
+    assert config["model"]["init_args"]["lora"]["r"] == 8
+    assert config["checkpoint"]["save_last"] is True
+    # The printed file is complete: parsing it alone gives the same configuration.
+    again = parse(["fit", "--config", str(dumped)])
+    original = parse(["fit", "--config", "configs/tiny.yaml"])
+    assert again.fit.as_dict() == original.fit.as_dict()
+
+
+def test_help_documents_every_option():
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_lora", "fit", "--model.help", "lit_lora.LoRAModule"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    ).stdout
+    assert "Rank of each update" in out  # lora.r's docstring
+    assert "4-bit NormalFloat" in out  # quantization.mode's docstring
+    assert "--model.init_args.scheduler.warmup_ratio" in out
+
+
+def tiny_fit_args(root: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false", *extra]
+
+
+def test_fit_exports_an_adapter_that_plain_peft_reproduces(in_repo, tmp_path):
+    cli = main(tiny_fit_args(tmp_path / "run"))
+    module, trainer = cli.model, cli.trainer
+    adapter = tmp_path / "run" / "adapter"
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= {p.name for p in adapter.iterdir()}
+    assert trainer.global_step > 0
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+    base = load_base_model(
+        str(random_weights_folder(module.model_name_or_path, module.seed)), module.quantization, torch.device("cpu")
+    )
+    peft_model = PeftModel.from_pretrained(base, adapter).eval()
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    module.eval()
+    with torch.no_grad():
+        expected = module(batch["input_ids"], batch["attention_mask"])
+        actual = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    # The adapter did change the model: the base alone gives other logits.
+    with torch.no_grad(), peft_model.disable_adapter():
+        plain = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(plain, expected, atol=1e-3)
+
+    # Checkpoints: one per epoch plus last, holding only trained weights and the loop state.
+    checkpoints = sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt"))
+    assert len(checkpoints) == 3 and "last.ckpt" in checkpoints
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert set(state["state_dict"]) == {n for n, p in module.named_parameters() if p.requires_grad}
+    assert state["optimizer_states"] and state["lr_schedulers"] and state["global_step"] == trainer.global_step
+
+    # Resuming continues the run: one more epoch from where it stopped, same optimizer state.
+    resumed = main(tiny_fit_args(tmp_path / "run", "--ckpt_path", str(last), "--trainer.max_epochs", "3"))
+    assert resumed.trainer.current_epoch == 3
+    assert resumed.trainer.global_step == trainer.global_step * 3 // 2
+
+
+def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/tiny.yaml", "--model.lora.rank", "8"], run=False)
+    assert exit_info.value.code != 0
+    assert "rank" in capsys.readouterr().err
+
+
+def test_missing_files_and_paths_name_the_field(in_repo, tmp_path):
+    with pytest.raises(ConfigError, match="data.train_file"):
+        main(["fit", "--config", "configs/tiny.yaml", "--data.train_file", str(tmp_path / "absent.jsonl")], run=False)
+    with pytest.raises(ConfigError, match="model.model_name_or_path"):
+        main(["fit", "--config", "configs/tiny.yaml", "--model.model_name_or_path", str(tmp_path / "no_model")], run=False)
+
+
+def test_console_script_is_the_same_cli():
+    out = subprocess.run(["lit-lora", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "fit" in out and "predict" in out
