@@ -136,3 +136,15 @@ class LRSchedule:
         if total_steps < 1:
             raise ConfigError(f"The trainer plans {total_steps} optimizer steps; set trainer.max_epochs or trainer.max_steps.")
         return LambdaLR(optimizer, lambda step: self.multiplier(step, total_steps))
+
+
+def resync_learning_rates(scheduler: LambdaLR) -> None:
+    """Set each group's lr from the schedule at its current step.
+
+    A resumed optimizer carries the lr of the step it stopped at, computed for the
+    old run length; when the run is extended (a larger ``max_epochs``), the schedule
+    is rebuilt for the new length, and this makes the next step follow it at once.
+    """
+    for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * multiplier(scheduler.last_epoch)
+

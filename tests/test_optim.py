@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_lora.errors import ConfigError
-from lit_lora.optim import LRSchedule, parameter_groups, scale_group_learning_rates
+from lit_lora.optim import LRSchedule, parameter_groups, resync_learning_rates, scale_group_learning_rates
 
 
 def test_cosine_schedule_exact_values():
@@ -91,3 +91,20 @@ def test_zero_steps_is_a_config_error():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ConfigError, match="max_steps"):
         LRSchedule().build(optimizer, 0)
+
+
+def test_resync_follows_a_longer_schedule_after_restore():
+    param = torch.nn.Parameter(torch.zeros(2))
+    short = torch.optim.SGD([param], lr=1.0)
+    short_schedule = LRSchedule(kind="linear", warmup_steps=0).build(short, total_steps=4)
+    for _ in range(4):
+        short.step()
+        short_schedule.step()
+    assert short.param_groups[0]["lr"] == 0.0  # the short run decayed to its end
+
+    longer = torch.optim.SGD([param], lr=1.0)
+    longer_schedule = LRSchedule(kind="linear", warmup_steps=0).build(longer, total_steps=8)
+    longer.load_state_dict(short.state_dict())
+    longer_schedule.load_state_dict(short_schedule.state_dict())
+    resync_learning_rates(longer_schedule)
+    assert longer.param_groups[0]["lr"] == pytest.approx(0.5)  # step 4 of 8

@@ -22,7 +22,13 @@ from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.source import check_model_source, resolve_model_folder
-from lit_lora.optim import LRSchedule, default_optimizer, parameter_groups, scale_group_learning_rates
+from lit_lora.optim import (
+    LRSchedule,
+    default_optimizer,
+    parameter_groups,
+    resync_learning_rates,
+    scale_group_learning_rates,
+)
 from lit_lora.tokenizer import load_tokenizer
 
 
@@ -265,6 +271,12 @@ class LoRAModule(LightningModule):
             raise ConfigError("trainer: the run has no end; set trainer.max_epochs or trainer.max_steps so the schedule knows its length.")
         scheduler = self.scheduler.build(optimizer, int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # After a restore, the schedule may cover a longer run than the one saved.
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            resync_learning_rates(scheduler)
 
     # ------------------------------------------------------------------ checkpoints
     def _trainable_shapes(self) -> dict[str, torch.Size]:
