@@ -8,10 +8,13 @@ below. ``model`` and ``data`` accept any subclass through ``class_path``.
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.callbacks.export import AdapterExport
+from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
 
 
@@ -52,8 +55,33 @@ class LitLoraCLI(LightningCLI):
         )
 
 
+def config_error_in(error: BaseException) -> ConfigError | None:
+    """The ConfigError behind ``error``, which jsonargparse wraps while instantiating."""
+    while error is not None:
+        if isinstance(error, ConfigError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(args: ArgsType = None, run: bool = True) -> LitLoraCLI:
-    """Entry point of ``python -m lit_lora`` and the ``lit-lora`` script."""
+    """Entry point of ``python -m lit_lora`` and the ``lit-lora`` script.
+
+    A setting a user can fix ends the program with its message alone, exit status 2
+    (as for an unknown option), rather than a traceback.
+    """
+    try:
+        return build_cli(args, run)
+    except Exception as error:
+        cause = config_error_in(error)
+        if cause is None:
+            raise
+        print(f"lit_lora: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from cause
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> LitLoraCLI:
+    """The LitLoraCLI with lit_lora's module, data module and trainer defaults."""
     from lit_lora.data import SFTDataModule
     from lit_lora.model import LoRAModule
 
@@ -78,4 +106,4 @@ def main(args: ArgsType = None, run: bool = True) -> LitLoraCLI:
     )
 
 
-__all__ = ["LitLoraCLI", "main"]
+__all__ = ["LitLoraCLI", "build_cli", "main"]

@@ -20,7 +20,7 @@ class GenerationPreview(Callback):
     Everything is also written to ``<trainer.default_root_dir>/generation_preview.json``.
 
     Args:
-        split: Which prompts to use: ``val`` or ``test`` (of the data module).
+        split: Whose prompts to use: the data module's ``validation``, ``test`` or ``predict`` split.
         num_examples: How many prompts are generated and scored.
         num_printed: How many of them are printed side by side.
         batch_size: Prompts generated at once.
@@ -29,7 +29,7 @@ class GenerationPreview(Callback):
 
     def __init__(
         self,
-        split: str = "val",
+        split: str = "validation",
         num_examples: int = 32,
         num_printed: int = 3,
         batch_size: int = 16,
