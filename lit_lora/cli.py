@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.callbacks.export import AdapterExport
+from lit_lora.callbacks.predictions import PredictionWriter
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
 
@@ -26,7 +27,7 @@ def default_precision() -> str:
 
 
 class LitLoraCLI(LightningCLI):
-    """LightningCLI with lit_lora's defaults, checkpointing, adapter export and links."""
+    """LightningCLI with lit_lora's defaults, checkpointing, adapter export, prediction file and links."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Checkpoints hold only the adapter, so keeping one per epoch is cheap and the
@@ -42,6 +43,7 @@ class LitLoraCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(AdapterExport, "export")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         # The data module tokenizes with the model's tokenizer: the same files, by link.
         parser.link_arguments(
             ("model.init_args.model_name_or_path", "model.init_args.tokenizer_name_or_path"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -151,10 +152,13 @@ def test_validate_test_and_predict_use_the_checkpoint(fitted, tmp_path, in_repo)
     assert validated.trainer.callback_metrics["val/loss"].item() == pytest.approx(val_loss, rel=1e-5)
     tested = main(tiny_args("test", tmp_path, "--ckpt_path", last))
     assert tested.trainer.callback_metrics["test/perplexity"].item() == pytest.approx(math.exp(val_loss), rel=1e-4)
-    predicted = main(tiny_args("predict", tmp_path, "--ckpt_path", last, "--model.max_new_tokens", "4"))
-    rows = [row for batch in predicted.trainer.predict_loop.predictions for row in batch]
-    assert len(rows) == len(cli.datamodule.prompt_examples("validation"))
-    assert rows[0]["reference"].startswith("{")
+    main(tiny_args("predict", tmp_path, "--ckpt_path", last, "--model.max_new_tokens", "4"))
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    examples = cli.datamodule.prompt_examples("validation")
+    assert len(rows) == len(examples)
+    assert rows[0]["reference"] == examples[0].reference
+    assert rows[0]["prompt"] == cli.datamodule.tokenizer.decode(examples[0].prompt_ids)
+    assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")
 
 
 def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):

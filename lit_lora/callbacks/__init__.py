@@ -1,6 +1,7 @@
-"""Callbacks: PEFT adapter export and the before/after generation preview."""
+"""Callbacks: PEFT adapter export, the before/after generation preview, the prediction file."""
 
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.generation import GenerationPreview
+from lit_lora.callbacks.predictions import PredictionWriter
 
-__all__ = ["AdapterExport", "GenerationPreview"]
+__all__ = ["AdapterExport", "GenerationPreview", "PredictionWriter"]

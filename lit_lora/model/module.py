@@ -244,7 +244,11 @@ class LoRAModule(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         """Generate an answer for each prompt of a left-padded prompt batch."""
         texts = self.generate(batch["input_ids"], batch["attention_mask"])
-        return [{"prediction": text, "reference": ref} for text, ref in zip(texts, batch["reference"])]
+        prompts = [self.tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        return [
+            {"prompt": prompt, "prediction": text, "reference": reference}
+            for prompt, text, reference in zip(prompts, texts, batch["reference"])
+        ]
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | None = None) -> list[str]:
         """Greedy continuations of left-padded prompts with the current adapter.
