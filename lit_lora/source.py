@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from lit_lora.errors import ConfigError
@@ -46,6 +48,12 @@ def check_model_source(name_or_path: str, gguf_file: str | None = None, field: s
                 f"(GGUF files there: {found or 'none'}). Set gguf_file to one of them."
             )
         return
+    if gguf_file is not None:
+        raise ConfigError(
+            f"{field}: '{name_or_path}' is not a folder on this machine, and gguf_file '{gguf_file}' "
+            "must be a file inside a local folder. Point it at the folder holding the .gguf file "
+            "(scripts/quickstart.sh links SmolLM2's into models/smollm2/)."
+        )
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.suffix in {".gguf", ".json"}
     if path.exists() or looks_local or not _HUB_ID.match(name_or_path):
         raise ConfigError(
@@ -65,17 +73,32 @@ def gguf_as_folder(name_or_path: str, gguf_file: str) -> Path:
     stat = source.stat()
     key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     folder = cache_root() / "gguf" / f"{source.stem}-{key}"
-    if not (folder / "config.json").is_file():
-        convert_gguf(source.parent, source.name, folder)
+    return cached_folder(folder, lambda out: convert_gguf(source.parent, source.name, out))
+
+
+def cached_folder(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Return ``folder``, calling ``write(tmp)`` to create it first if it is not complete.
+
+    A file lock makes the processes of a multi-device run wait for the one that writes
+    (they all reach this point at once on a first run), and the folder is written under
+    another name and renamed last, so an interrupted write never looks complete.
+    """
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "config.json").is_file():
+            tmp = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            write(tmp)
+            tmp.rename(folder)
     return folder
 
 
-def convert_gguf(directory: str | Path, gguf_file: str, out: str | Path) -> Path:
+def convert_gguf(directory: str | Path, gguf_file: str, out: str | Path) -> None:
     """Dequantize a GGUF model into a plain safetensors folder (weights, config, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
     tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file)
     # The GGUF quantizer stays attached after dequantizing; saving with it would write a
@@ -83,11 +106,8 @@ def convert_gguf(directory: str | Path, gguf_file: str, out: str | Path) -> Path
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    # Rename last, so an interrupted conversion never looks complete.
-    tmp.rename(out)
-    return out
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def resolve_model_folder(name_or_path: str, gguf_file: str | None = None) -> str:

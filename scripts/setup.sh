@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs lit_lora and everything its tests and quickstart need, into the current Python.
-# torch comes first and on its own: an unpinned torch from PyPI pulls several GB of CUDA
-# packages. A torch you already installed (e.g. a CUDA build) is kept.
+# torch comes first and pinned: on this project's machines torch==2.13.0 resolves to a
+# local CPU build, while an unpinned torch pulls several GB of CUDA packages. A torch you
+# already installed (a CUDA build on a GPU machine) is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"

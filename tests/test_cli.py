@@ -108,7 +108,10 @@ def test_fit_exports_an_adapter_that_plain_peft_reproduces(fitted):
     adapter = root / "adapter"
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= {p.name for p in adapter.iterdir()}
     assert cli.trainer.global_step > 0
-    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    metrics = cli.trainer.callback_metrics
+    for name in ("train/loss", "train/grad_norm", "train/lr", "train/supervised_tokens_per_sec", "val/perplexity"):
+        assert torch.isfinite(metrics[name]) and metrics[name] > 0, name
+    assert metrics["val/perplexity"].item() == pytest.approx(math.exp(metrics["val/loss"].item()), rel=1e-5)
 
     base = load_base_model(
         str(random_weights_folder(module.model_name_or_path, module.seed)), module.quantization, torch.device("cpu")
@@ -142,6 +145,20 @@ def test_fit_resumes_from_a_checkpoint(fitted, tmp_path, in_repo):
     resumed = main(tiny_args("fit", tmp_path / "resumed", "--ckpt_path", str(last), "--trainer.max_epochs", "3"))
     assert resumed.trainer.current_epoch == 3
     assert resumed.trainer.global_step == cli.trainer.global_step * 3 // 2
+
+
+def test_resumed_run_ends_with_the_adapter_of_an_uninterrupted_run(tmp_path, in_repo):
+    # Dropout off: then nothing random is left, and resuming from the end of epoch 0
+    # must be exact (data order of epoch 1, 8-bit optimizer state, schedule position).
+    no_dropout = ("--model.lora.dropout", "0.0")
+    whole = main(tiny_args("fit", tmp_path / "whole", *no_dropout))
+    epoch0 = next((tmp_path / "whole").rglob("epoch00-*.ckpt"))
+    resumed = main(tiny_args("fit", tmp_path / "resumed", *no_dropout, "--ckpt_path", str(epoch0)))
+    assert resumed.trainer.global_step == whole.trainer.global_step
+    expected = {n: p for n, p in whole.model.named_parameters() if p.requires_grad}
+    for name, param in resumed.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, expected[name], rtol=0, atol=0)
 
 
 def test_validate_test_and_predict_use_the_checkpoint(fitted, tmp_path, in_repo):
@@ -185,5 +202,6 @@ def test_bad_input_stops_with_the_field_and_the_fix(in_repo, capsys, option, val
 
 
 def test_console_script_is_the_same_cli():
-    out = subprocess.run(["lit-lora", "--help"], capture_output=True, text=True, check=True).stdout
+    script = Path(sys.executable).parent / "lit-lora"  # the one installed with this Python
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
     assert "fit" in out and "predict" in out

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from datasets import Dataset
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
@@ -36,6 +35,7 @@ from lit_lora.data.render import (
     render_plain_prompt_completion,
     resolve_template,
 )
+from lit_lora.data.sampler import EpochShuffleSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.errors import ConfigError
 from lit_lora.tokenizer import load_tokenizer
@@ -106,7 +106,8 @@ class SFTDataModule(LightningDataModule):
             the reference. Unset uses the validation data.
         format: How the data is laid out: ``prompt_completion`` (columns prompt,
             completion), ``alpaca`` (instruction, optional input, output), ``messages``
-            (a list of role/content turns), or ``auto`` to tell from the columns.
+            (a list of role/content turns), a format a subclass adds to
+            ``format_columns``, or ``auto`` to tell from the columns.
         template: ``chat`` renders with the tokenizer's chat template, ``plain`` with
             the fixed plain templates, ``auto`` uses chat when the tokenizer has one.
         max_length: Longest example in tokens; longer ones are cut at the end, and an
@@ -137,7 +138,7 @@ class SFTDataModule(LightningDataModule):
         val_fraction: float = 0.0,
         test_file: str | None = None,
         predict_file: str | None = None,
-        format: Literal["auto", "prompt_completion", "alpaca", "messages"] = "auto",
+        format: str = "auto",
         template: Literal["auto", "chat", "plain"] = "auto",
         max_length: int = 2048,
         train_on_prompt: bool = False,
@@ -263,12 +264,12 @@ class SFTDataModule(LightningDataModule):
             self._split(split)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, right-padded training batches; the order is fixed by ``seed``."""
+        """Shuffled, right-padded training batches; each epoch's order is fixed by ``seed``."""
+        examples = self._split("train").examples
         return DataLoader(
-            self._split("train").examples,
+            examples,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
+            sampler=EpochShuffleSampler(len(examples), self.seed),
             collate_fn=self._collator(),
             num_workers=self.num_workers,
         )

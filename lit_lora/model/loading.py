@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
-from lit_lora.source import cache_root
+from lit_lora.source import cache_root, cached_folder
 
 
 def random_weights_folder(config_folder: str, seed: int) -> Path:
@@ -25,14 +25,14 @@ def random_weights_folder(config_folder: str, seed: int) -> Path:
     text = json.dumps(config.to_dict(), sort_keys=True, default=str)
     key = hashlib.sha256(f"{text}|{seed}".encode()).hexdigest()[:16]
     folder = cache_root() / "random" / f"{config.model_type}-{key}"
-    if not (folder / "config.json").is_file():
+
+    def write(out: Path) -> None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config)
-        tmp = folder.with_name(folder.name + ".partial")
-        model.save_pretrained(tmp)
-        tmp.rename(folder)
-    return folder
+        model.save_pretrained(out)
+
+    return cached_folder(folder, write)
 
 
 def load_base_model(

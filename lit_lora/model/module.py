@@ -32,6 +32,11 @@ from lit_lora.optim import (
 from lit_lora.tokenizer import load_tokenizer
 
 
+# Checkpoints store the constructor's settings as hyperparameters; allow these
+# dataclasses through torch.load's default weights-only unpickler.
+torch.serialization.add_safe_globals([QuantizationSettings, LoRASettings, LRSchedule])
+
+
 class LoRAModule(LightningModule):
     """Fine-tunes a LoRA adapter on a frozen, optionally quantized, causal language model.
 
@@ -220,21 +225,23 @@ class LoRAModule(LightningModule):
         self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1, logger=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss_sum, count = self.compute_loss(batch)
-        self.val_loss.update(loss_sum / count.clamp(min=1), count)
+        self._accumulate_eval_loss(batch, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_loss("val", self.val_loss)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss_sum, count = self.compute_loss(batch)
-        self.test_loss.update(loss_sum / count.clamp(min=1), count)
+        self._accumulate_eval_loss(batch, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_loss("test", self.test_loss)
 
-    def _log_eval_loss(self, split: str, metric: MeanMetric) -> None:
+    def _accumulate_eval_loss(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
         # Weighted by supervised tokens, so the mean is over tokens, not batches.
+        loss_sum, count = self.compute_loss(batch)
+        metric.update(loss_sum / count.clamp(min=1), count)
+
+    def _log_eval_loss(self, split: str, metric: MeanMetric) -> None:
         if metric.update_count == 0:
             return
         loss = metric.compute()

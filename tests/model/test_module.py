@@ -8,8 +8,11 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
-from lit_lora import LoRAModule, LoRASettings, LRSchedule, QuantizationSettings
+from bitsandbytes.functional import has_avx512bf16
+
+from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
+from lit_lora.optim import LRSchedule
 
 
 def build(tiny_model_dir, **kwargs) -> LoRAModule:
@@ -52,6 +55,7 @@ def test_every_lora_matrix_gets_gradient_on_4bit_base_with_checkpointing(tiny_mo
     assert all(g.abs().sum() > 0 for g in grads.values())
 
 
+@pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs")
 def test_evaluation_leaves_4bit_training_numerics_unchanged(tiny_model_dir):
     # bitsandbytes repacks 4-bit CPU weights on the first no-grad eval forward, unless
     # told not to; training after validation must give the same gradients as before.
@@ -81,7 +85,6 @@ def test_default_init_trains_b_first_then_a(tiny_model_dir):
         tiny_model_dir,
         quantization=QuantizationSettings(mode="nf4"),
         lora=LoRASettings(r=4, alpha=8, dropout=0.0),
-        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
     )
     module.train()
     params = dict((n, p) for n, p in module.named_parameters() if p.requires_grad)
@@ -139,6 +142,43 @@ def test_loss_is_mean_over_supervised_tokens_of_the_optimizer_step(tiny_model_di
     name = next(iter(expected))
     assert not torch.allclose(lora_grads(naive)[name], expected[name], rtol=1e-2)
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx((sum(sums) / sum(counts)).item(), rel=1e-5)
+
+
+def quiet_trainer(**kwargs) -> Trainer:
+    return Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs
+    )
+
+
+def test_embeddings_trained_in_full_get_their_own_learning_rate(tiny_model_dir):
+    module = build(
+        tiny_model_dir,
+        lora=LoRASettings(r=4, alpha=8, modules_to_save=["lm_head"]),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01),
+        embedding_lr_ratio=0.25,
+        scheduler=LRSchedule(kind="constant", warmup_steps=0),
+    )
+    data = [batch(0, 2, 16, [5, 9], module.model.config.vocab_size)]
+    trainer = quiet_trainer(max_steps=1, enable_checkpointing=False)
+    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
+    groups = trainer.optimizers[0].param_groups
+    head = {id(p) for n, p in module.named_parameters() if "lm_head.modules_to_save" in n}
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 2.5e-4])
+    assert {id(p) for p in groups[1]["params"]} == head
+
+
+def test_checkpoint_of_a_python_api_run_loads_with_load_from_checkpoint(tiny_model_dir, tmp_path):
+    module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4"))
+    data = [batch(0, 2, 16, [5, 9], module.model.config.vocab_size)]
+    trainer = quiet_trainer(max_steps=1, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
+    path = tmp_path / "step1.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = LoRAModule.load_from_checkpoint(path)  # torch.load's default weights-only unpickler
+    assert loaded.lora == module.lora and loaded.quantization == module.quantization
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(loaded.state_dict()[name], param.detach(), rtol=0, atol=0)
 
 
 def test_checkpoint_holds_only_the_adapter_and_loads_into_a_fresh_module(tiny_model_dir, tmp_path):
