@@ -204,3 +204,52 @@ def test_missing_model_path_is_a_config_error(tmp_path):
         LoRAModule(str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="gguf_file: 'x.gguf' is not in"):
         LoRAModule(str(tmp_path), gguf_file="x.gguf")
+
+
+
+def sgd_without_steps(params):
+    """Module-level so that ddp_spawn can pickle it; lr 0 keeps the weights fixed."""
+    return torch.optim.SGD(params, lr=0.0)
+
+
+class SavingGrads(LoRAModule):
+    """Rank 0 writes its starting adapter and its normalised first-step gradients."""
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.global_rank == 0:  # after DDP's broadcast: every rank holds these
+            torch.save({n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}, self.out / "init.pt")
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        if self.global_rank == 0:
+            torch.save(lora_grads(self), self.out / "grads.pt")
+
+
+def test_loss_is_normalised_over_the_supervised_tokens_of_all_devices(tiny_model_dir, tmp_path):
+    # Two processes, one micro-batch each, with 3 and 20 supervised tokens: the step's
+    # gradient must be that of the mean over all 23 tokens, as on one device.
+    micro = [batch(1, 1, 24, [3], 512), batch(2, 2, 24, [10, 10], 512)]
+    settings = dict(
+        random_init=True, quantization=QuantizationSettings(mode="none"), gradient_checkpointing=False,
+        lora=LoRASettings(r=4, alpha=8, dropout=0.0, init_lora_weights=False),
+    )
+    module = SavingGrads(str(tiny_model_dir), optimizer=sgd_without_steps, **settings)
+    module.out = tmp_path
+    trainer = quiet_trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(micro, batch_size=None))
+    recorded = torch.load(tmp_path / "grads.pt")
+
+    reference = LoRAModule(str(tiny_model_dir), **settings)
+    reference.configure_model()
+    reference.load_state_dict(torch.load(tmp_path / "init.pt"), strict=False)
+    reference.train()
+    sums, counts = zip(*(reference.compute_loss(b) for b in micro))
+    (sum(sums) / sum(counts)).backward()
+    expected = lora_grads(reference)
+    assert set(recorded) == set(expected)
+    for name, grad in recorded.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6)  # all-reduce order: float32 rounding
