@@ -318,6 +318,8 @@ class LoRAModule(LightningModule):
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the PEFT adapter and the tokenizer, loadable with ``PeftModel.from_pretrained``."""
         directory = Path(directory)
-        self.model.save_pretrained(directory)
+        # lit_lora never resizes the vocabulary, so the base embeddings need no copy;
+        # PEFT's "auto" would look the base config up, on the hub when it is not local.
+        self.model.save_pretrained(directory, save_embedding_layers=False)
         self.tokenizer.save_pretrained(directory)
         return directory

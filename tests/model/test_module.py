@@ -6,6 +6,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from bitsandbytes.functional import has_avx512bf16
@@ -150,7 +151,7 @@ def quiet_trainer(**kwargs) -> Trainer:
     )
 
 
-def test_embeddings_trained_in_full_get_their_own_learning_rate(tiny_model_dir):
+def test_embeddings_trained_in_full_get_their_own_learning_rate_and_are_exported(tiny_model_dir, tmp_path):
     module = build(
         tiny_model_dir,
         lora=LoRASettings(r=4, alpha=8, modules_to_save=["lm_head"]),
@@ -165,6 +166,8 @@ def test_embeddings_trained_in_full_get_their_own_learning_rate(tiny_model_dir):
     head = {id(p) for n, p in module.named_parameters() if "lm_head.modules_to_save" in n}
     assert [g["lr"] for g in groups] == pytest.approx([1e-3, 2.5e-4])
     assert {id(p) for p in groups[1]["params"]} == head
+    exported = load_file(module.save_adapter(tmp_path) / "adapter_model.safetensors")
+    assert "base_model.model.lm_head.weight" in exported
 
 
 def test_checkpoint_of_a_python_api_run_loads_with_load_from_checkpoint(tiny_model_dir, tmp_path):
