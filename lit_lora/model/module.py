@@ -203,17 +203,19 @@ class LoRAModule(LightningModule):
         """
         window, self._window = self._window, {}
         strategy = self.trainer.strategy
-        count = strategy.reduce(window["count"].float(), reduce_op="sum").clamp(min=1)
-        loss = strategy.reduce(window["loss"], reduce_op="sum") / count
+        # One all-reduce for both sums: (loss sum, supervised tokens) over all devices.
+        loss_sum, count = strategy.reduce(torch.stack([window["loss"], window["count"].float()]), reduce_op="sum")
+        count = count.clamp(min=1)
+        loss = loss_sum / count
         # Data-parallel strategies average gradients over devices, hence world_size.
         scale = self.trainer.world_size / count
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
         torch._foreach_mul_(grads, scale)
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         seconds = time.perf_counter() - window["start"]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
         self.log_dict(
             {
-                "train/loss": loss,
                 "train/grad_norm": grad_norm,
                 "train/lr": torch.tensor(optimizer.param_groups[0]["lr"]),
                 "train/supervised_tokens_per_sec": count / seconds,
@@ -222,7 +224,6 @@ class LoRAModule(LightningModule):
             on_epoch=False,
             batch_size=1,
         )
-        self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1, logger=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._accumulate_eval_loss(batch, self.val_loss)
