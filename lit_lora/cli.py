@@ -17,6 +17,7 @@ from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.predictions import PredictionWriter
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
+from lit_lora.tokenizer import tokenizer_source
 
 
 def default_precision() -> str:
@@ -45,16 +46,15 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterExport, "export")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         # The data module tokenizes with the model's tokenizer: the same files, by link.
-        parser.link_arguments(
-            ("model.init_args.model_name_or_path", "model.init_args.tokenizer_name_or_path"),
-            "data.init_args.tokenizer_name_or_path",
-            compute_fn=lambda model_path, tokenizer_path: tokenizer_path or model_path,
+        sources = (
+            "model.init_args.model_name_or_path",
+            "model.init_args.gguf_file",
+            "model.init_args.tokenizer_name_or_path",
         )
         parser.link_arguments(
-            ("model.init_args.gguf_file", "model.init_args.tokenizer_name_or_path"),
-            "data.init_args.gguf_file",
-            compute_fn=lambda gguf_file, tokenizer_path: None if tokenizer_path else gguf_file,
+            sources, "data.init_args.tokenizer_name_or_path", compute_fn=lambda *args: tokenizer_source(*args)[0]
         )
+        parser.link_arguments(sources, "data.init_args.gguf_file", compute_fn=lambda *args: tokenizer_source(*args)[1])
 
 
 def config_error_in(error: BaseException) -> ConfigError | None:

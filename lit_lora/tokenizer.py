@@ -7,6 +7,19 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from lit_lora.source import resolve_model_folder
 
 
+def tokenizer_source(
+    model_name_or_path: str, gguf_file: str | None, tokenizer_name_or_path: str | None
+) -> tuple[str, str | None]:
+    """Where the tokenizer of a model comes from: ``(name_or_path, gguf_file)``.
+
+    A separate tokenizer folder wins; otherwise the model's own files, including the
+    tokenizer embedded in its GGUF file.
+    """
+    if tokenizer_name_or_path is not None:
+        return tokenizer_name_or_path, None
+    return model_name_or_path, gguf_file
+
+
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
     """Load a tokenizer, giving it a pad token when it has none.
 

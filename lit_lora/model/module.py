@@ -29,7 +29,7 @@ from lit_lora.optim import (
     resync_learning_rates,
     scale_group_learning_rates,
 )
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.tokenizer import load_tokenizer, tokenizer_source
 
 
 # Checkpoints store the constructor's settings as hyperparameters; allow these
@@ -135,7 +135,9 @@ class LoRAModule(LightningModule):
         """Build tokenizer, base model and adapter once, on the device of this process."""
         if self.model is not None:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_name_or_path or self.model_name_or_path, None if self.tokenizer_name_or_path else self.gguf_file)
+        self.tokenizer = load_tokenizer(
+            *tokenizer_source(self.model_name_or_path, self.gguf_file, self.tokenizer_name_or_path)
+        )
         base = self.build_base_model()
         self.model = self.apply_adapter(base)
         trainable, total = self.model.get_nb_trainable_parameters()
