@@ -1,4 +1,7 @@
-"""The command line: ``python -m lit_lora`` and ``lit-lora`` (fit, validate, test, predict).
+"""The command line: ``python -m lit_lora`` and ``lit-lora``.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's; ``merge``,
+``generate`` and ``evaluate`` are lit_lora's own (:mod:`lit_lora.commands`).
 
 Everything is configured through YAML files and ``--section.option`` overrides,
 which LightningCLI maps onto the constructor arguments of the trainer, the
@@ -9,11 +12,13 @@ below. ``model`` and ``data`` accept any subclass through ``class_path``.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.callbacks.export import AdapterExport
+from lit_lora.commands import COMMANDS, run_command
 from lit_lora.callbacks.predictions import PredictionWriter
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
@@ -66,13 +71,16 @@ def config_error_in(error: BaseException) -> ConfigError | None:
     return None
 
 
-def main(args: ArgsType = None, run: bool = True) -> LitLoraCLI:
+def main(args: ArgsType = None, run: bool = True) -> Any:
     """Entry point of ``python -m lit_lora`` and the ``lit-lora`` script.
 
     A setting a user can fix ends the program with its message alone, exit status 2
     (as for an unknown option), rather than a traceback.
     """
+    argv = sys.argv[1:] if args is None else args
     try:
+        if isinstance(argv, list) and argv and argv[0] in COMMANDS:
+            return run_command(argv[0], argv[1:])
         return build_cli(args, run)
     except Exception as error:
         cause = config_error_in(error)

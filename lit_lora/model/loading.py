@@ -10,7 +10,18 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
-from lit_lora.source import cache_root, cached_folder
+from lit_lora.source import cache_root, cached_folder, resolve_model_folder
+
+
+def base_model_folder(model_name_or_path: str, gguf_file: str | None, random_init: bool, seed: int) -> str:
+    """What ``from_pretrained`` loads a base model from: its folder or hub id, the
+    converted GGUF folder, or the cached random-weights folder built from its config.
+
+    Training, ``merge``, ``generate`` and ``evaluate`` all go through here, so they
+    rebuild the very same base weights from the same four settings.
+    """
+    folder = resolve_model_folder(model_name_or_path, gguf_file)
+    return str(random_weights_folder(folder, seed)) if random_init else folder
 
 
 def random_weights_folder(config_folder: str, seed: int) -> Path:

@@ -17,11 +17,11 @@ from transformers import PreTrainedModel
 
 from lit_lora.errors import ConfigError
 from lit_lora.generation import generate_texts
-from lit_lora.model.loading import load_base_model, random_weights_folder
+from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.source import check_model_source, resolve_model_folder
+from lit_lora.source import check_model_source
 from lit_lora.optim import (
     LRSchedule,
     default_optimizer,
@@ -145,9 +145,7 @@ class LoRAModule(LightningModule):
 
     def build_base_model(self) -> PreTrainedModel:
         """Load the frozen base model, quantized, on this process's device."""
-        folder = resolve_model_folder(self.model_name_or_path, self.gguf_file)
-        if self.random_init:
-            folder = str(random_weights_folder(folder, self.seed))
+        folder = base_model_folder(self.model_name_or_path, self.gguf_file, self.random_init, self.seed)
         device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         return load_base_model(folder, self.quantization, device, self.attn_implementation)
 

@@ -1,0 +1,138 @@
+"""An exported adapter directory: what it holds, and how to rebuild its base model.
+
+:class:`~lit_lora.callbacks.export.AdapterExport` writes, into one folder:
+
+- ``adapter_config.json`` and ``adapter_model.safetensors``: the PEFT adapter, as
+  ``PeftModel.from_pretrained`` and vLLM's LoRA support read it;
+- the tokenizer files, chat template included, exactly as trained with;
+- ``training_config.yaml``: the whole configuration of the run that trained it;
+- ``README.md``: the model card.
+
+``merge``, ``generate``, ``evaluate``, and ``validate``/``test`` with an adapter
+directory, read the base model from ``training_config.yaml`` when it is there (so a
+GGUF or random-weights base is rebuilt exactly), else from PEFT's
+``base_model_name_or_path``; ``--base`` overrides both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_lora.errors import ConfigError
+from lit_lora.model.quantization import QuantizationSettings
+from lit_lora.source import check_model_source
+
+ADAPTER_CONFIG = "adapter_config.json"
+TRAINING_CONFIG = "training_config.yaml"
+MODEL_CARD = "README.md"
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a PEFT adapter."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def check_adapter_dir(path: str | Path, field: str) -> Path:
+    """Return ``path`` as a Path, or fail naming ``field`` when it holds no PEFT adapter."""
+    path = Path(path).expanduser()
+    if not is_adapter_dir(path):
+        what = "does not exist" if not path.exists() else f"has no {ADAPTER_CONFIG}"
+        raise ConfigError(
+            f"{field}: '{path}' {what}. Point it at a PEFT adapter folder, such as the "
+            "'adapter' folder that fit writes under trainer.default_root_dir."
+        )
+    return path
+
+
+def training_config(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """The run configuration saved with the adapter, or None for adapters from elsewhere."""
+    path = Path(adapter_dir) / TRAINING_CONFIG
+    if not path.is_file():
+        return None
+    return yaml.safe_load(path.read_text())
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """The settings that decide a base model's weights and tokenizer.
+
+    Args:
+        model_name_or_path: Local folder, hub id, or the folder holding ``gguf_file``.
+        gguf_file: GGUF file inside ``model_name_or_path``.
+        random_init: Random weights from the folder's ``config.json`` (tests).
+        seed: Seed of the random weights.
+        tokenizer_name_or_path: Tokenizer source when it differs from the model's.
+        quantization: How the base was stored while the adapter trained.
+        source: Where these settings were read from, named in errors.
+    """
+
+    model_name_or_path: str
+    gguf_file: str | None = None
+    random_init: bool = False
+    seed: int = 0
+    tokenizer_name_or_path: str | None = None
+    quantization: QuantizationSettings = QuantizationSettings(mode="none")
+    source: str = field(default="--base", compare=False)
+
+    @classmethod
+    def of_adapter(cls, adapter_dir: str | Path) -> BaseModelSpec:
+        """The base an adapter was trained on, from its training config or PEFT config."""
+        adapter_dir = Path(adapter_dir)
+        config = training_config(adapter_dir)
+        if config is not None:
+            model = config.get("model") or {}
+            args = model.get("init_args", model)
+            quantization = args.get("quantization") or {}
+            return cls(
+                model_name_or_path=args["model_name_or_path"],
+                gguf_file=args.get("gguf_file"),
+                random_init=bool(args.get("random_init", False)),
+                seed=int(args.get("seed", 0)),
+                tokenizer_name_or_path=args.get("tokenizer_name_or_path"),
+                quantization=QuantizationSettings(**quantization),
+                source=f"{adapter_dir / TRAINING_CONFIG} model.init_args.model_name_or_path",
+            )
+        peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+        name = peft_config.get("base_model_name_or_path")
+        if not name:
+            raise ConfigError(
+                f"{adapter_dir / ADAPTER_CONFIG}: base_model_name_or_path is empty and there is no "
+                f"{TRAINING_CONFIG}; pass --base with the model the adapter was trained on."
+            )
+        return cls(model_name_or_path=name, source=f"{adapter_dir / ADAPTER_CONFIG} base_model_name_or_path")
+
+    def check(self) -> None:
+        """Fail before loading anything when the base cannot be found on this machine."""
+        try:
+            check_model_source(self.model_name_or_path, self.gguf_file, field=self.source)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (or pass --base)") from None
+
+    def folder(self) -> str:
+        """What ``from_pretrained`` loads the full-precision base from."""
+        from lit_lora.model.loading import base_model_folder
+
+        return base_model_folder(self.model_name_or_path, self.gguf_file, self.random_init, self.seed)
+
+
+def base_spec(adapters: list[str | Path], base: str | None, gguf_file: str | None) -> BaseModelSpec:
+    """The base to load adapters onto: ``base`` when given, else the first adapter's.
+
+    Args:
+        adapters: Adapter folders, already checked.
+        base: A base model folder or hub id overriding the adapters' own.
+        gguf_file: GGUF file inside ``base``.
+    """
+    if base is not None:
+        spec = BaseModelSpec(base, gguf_file)
+    elif adapters:
+        spec = BaseModelSpec.of_adapter(adapters[0])
+    else:
+        raise ConfigError("--base: no adapter was given to read the base model from; pass --base.")
+    spec.check()
+    return spec

@@ -1,0 +1,34 @@
+"""Subcommands that are not a Trainer stage: ``merge``, ``generate``, ``evaluate``.
+
+Each is one function whose signature and Google-style docstring are its command
+line (``python -m lit_lora merge --help``); jsonargparse builds the parser, so the
+options also read from ``--config file.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# name -> "module:function", imported only when that command runs: ``fit`` never pays
+# for lm-eval's import, and a missing optional extra only breaks its own command.
+COMMANDS = {
+    "merge": "lit_lora.commands.merge:merge",
+    "generate": "lit_lora.commands.generate:generate",
+    "evaluate": "lit_lora.commands.evaluate:evaluate",
+}
+
+
+def command(name: str) -> Callable[..., Any]:
+    """The function behind subcommand ``name``."""
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def run_command(name: str, args: Sequence[str]) -> Any:
+    """Parse ``args`` against command ``name``'s signature and run it."""
+    from jsonargparse import auto_cli
+
+    function = command(name)
+    return auto_cli(function, args=list(args), as_positional=False, prog=f"python -m lit_lora {name}")
