@@ -11,12 +11,16 @@ below. ``model`` and ``data`` accept any subclass through ``class_path``.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from lit_lora.adapter_dir import is_adapter_dir
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.callbacks.predictions import PredictionWriter
@@ -37,8 +41,11 @@ class LitLoraCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Checkpoints hold only the adapter, so keeping one per epoch is cheap and the
-        # best epoch is rarely the last; ``last.ckpt`` is what ``--ckpt_path`` resumes.
+        # best epoch is rarely the last. Step checkpoints bound what a crash costs inside
+        # a long epoch; only the newest few are kept. Both write ``last.ckpt``, which
+        # ``--ckpt_path last`` resumes, so neither may rename it to ``last-v1.ckpt``.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_top_k": -1,
@@ -46,6 +53,15 @@ class LitLoraCLI(LightningCLI):
                 "checkpoint.every_n_epochs": 1,
                 "checkpoint.filename": "epoch{epoch:02d}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.enable_version_counter": False,
+                "step_checkpoint.every_n_train_steps": 100,
+                "step_checkpoint.save_top_k": 2,
+                "step_checkpoint.monitor": "step",
+                "step_checkpoint.mode": "max",
+                "step_checkpoint.save_last": True,
+                "step_checkpoint.filename": "step{step}",
+                "step_checkpoint.auto_insert_metric_name": False,
+                "step_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(AdapterExport, "export")
@@ -60,6 +76,49 @@ class LitLoraCLI(LightningCLI):
             sources, "data.init_args.tokenizer_name_or_path", compute_fn=lambda *args: tokenizer_source(*args)[0]
         )
         parser.link_arguments(sources, "data.init_args.gguf_file", compute_fn=lambda *args: tokenizer_source(*args)[1])
+
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        self._fix_checkpoint_folders(config)
+        self._adapter_as_ckpt_path(config)
+
+    def _fix_checkpoint_folders(self, config: Namespace) -> None:
+        """Put both checkpoint callbacks in ``<default_root_dir>/checkpoints`` unless set.
+
+        Lightning's default is the logger's folder, which has a new ``version_N`` per
+        run: ``--ckpt_path last`` in the next run would look in an empty folder, find
+        nothing and silently train from scratch.
+        """
+        root = Path(config.trainer.default_root_dir or os.getcwd())
+        for group in ("checkpoint", "step_checkpoint"):
+            if config[group].dirpath is None:
+                config[group].dirpath = str(root / "checkpoints")
+        folder = Path(config.checkpoint.dirpath)
+        if self.subcommand == "fit" and config.ckpt_path is None and any(folder.glob("*.ckpt")):
+            raise ConfigError(
+                f"checkpoint.dirpath: {folder} already holds checkpoints of an earlier run, which this run "
+                "would overwrite. Resume it with --ckpt_path last, or set another trainer.default_root_dir."
+            )
+
+    def _adapter_as_ckpt_path(self, config: Namespace) -> None:
+        """Let ``validate``/``test``/``predict`` take a PEFT adapter folder as ``--ckpt_path``."""
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None or not is_adapter_dir(ckpt_path):
+            return
+        if self.subcommand == "fit":
+            raise ConfigError(
+                f"ckpt_path: '{ckpt_path}' is an adapter folder, which holds no optimizer or loop state "
+                "to resume. To train on from it, set model.init_args.adapter_path to it instead."
+            )
+        init_args = config.model.init_args
+        if init_args.adapter_path not in (None, ckpt_path):
+            raise ConfigError(
+                f"ckpt_path: '{ckpt_path}' and model.init_args.adapter_path: '{init_args.adapter_path}' name "
+                "two adapters; keep one."
+            )
+        init_args.adapter_path = ckpt_path
+        config.ckpt_path = None
 
 
 def config_error_in(error: BaseException) -> ConfigError | None:
@@ -110,6 +169,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LitLoraCLI:
             "accumulate_grad_batches": 4,
             "max_epochs": 3,
             "log_every_n_steps": 10,
+            "plugins": [{"class_path": "lit_lora.checkpoint_io.AtomicCheckpointIO"}],
         },
         args=args,
         run=run,

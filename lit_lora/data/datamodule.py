@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
 from datasets import Dataset
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
@@ -35,6 +36,7 @@ from lit_lora.data.render import (
     render_plain_prompt_completion,
     resolve_template,
 )
+from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.errors import ConfigError
@@ -266,12 +268,13 @@ class SFTDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled, right-padded training batches; each epoch's order is fixed by ``seed``."""
         examples = self._split("train").examples
-        return DataLoader(
+        sampler = EpochShuffleSampler(len(examples), self.seed)
+        return ResumableDataLoader(
             examples,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(examples), self.seed),
+            batch_sampler=ResumableBatchSampler(sampler, self.batch_size, drop_last=False),
             collate_fn=self._collator(),
             num_workers=self.num_workers,
+            generator=self._generator(),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -292,6 +295,7 @@ class SFTDataModule(LightningDataModule):
             batch_size=self.eval_batch_size,
             collate_fn=PromptCollator(self.tokenizer.pad_token_id),
             num_workers=self.num_workers,
+            generator=self._generator(),
         )
 
     def dataset(self, split: Split) -> Dataset | None:
@@ -337,8 +341,19 @@ class SFTDataModule(LightningDataModule):
         if not examples:
             return []
         return DataLoader(
-            examples, batch_size=self.eval_batch_size, collate_fn=self._collator(), num_workers=self.num_workers
+            examples,
+            batch_size=self.eval_batch_size,
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+            generator=self._generator(),
         )
+
+    def _generator(self) -> torch.Generator:
+        # Every DataLoader iterator draws its workers' base seed from this generator, or
+        # from the global RNG when there is none: a validation pass would then shift the
+        # dropout masks of all later training steps, and a resumed run (which skips the
+        # validation the interrupted run did) could not reproduce them.
+        return torch.Generator().manual_seed(self.seed)
 
     def _collator(self) -> SFTCollator:
         return SFTCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)

@@ -15,6 +15,7 @@ from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel
 
+from lit_lora.adapter_dir import check_adapter_dir
 from lit_lora.errors import ConfigError
 from lit_lora.generation import generate_texts
 from lit_lora.model.loading import base_model_folder, load_base_model
@@ -29,6 +30,7 @@ from lit_lora.optim import (
     resync_learning_rates,
     scale_group_learning_rates,
 )
+from lit_lora.rng import rng_states, set_rng_states
 from lit_lora.tokenizer import load_tokenizer, tokenizer_source
 
 
@@ -81,6 +83,11 @@ class LoRAModule(LightningModule):
             ``eager``, ``flash_attention_2``); null lets transformers choose.
         max_new_tokens: Most tokens generated per prompt by ``predict`` and by
             :meth:`generate`.
+        adapter_path: A PEFT adapter folder to start from instead of a new adapter:
+            to continue training it, or to run a second stage after SFT. Its
+            ``adapter_config.json`` decides the adapter's shape and placement, so
+            ``lora`` is not used. ``validate``/``test``/``predict`` with
+            ``--ckpt_path <adapter folder>`` set this for you.
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class LoRAModule(LightningModule):
         embedding_lr_ratio: float = 0.1,
         attn_implementation: str | None = None,
         max_new_tokens: int = 256,
+        adapter_path: str | None = None,
     ) -> None:
         super().__init__()
         check_model_source(model_name_or_path, gguf_file)
@@ -105,6 +113,8 @@ class LoRAModule(LightningModule):
             check_model_source(tokenizer_name_or_path, field="model.tokenizer_name_or_path")
         if random_init and gguf_file is not None:
             raise ConfigError("model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file.")
+        if adapter_path is not None:
+            check_adapter_dir(adapter_path, "model.adapter_path")
         if embedding_lr_ratio <= 0:
             raise ConfigError(f"model.embedding_lr_ratio: {embedding_lr_ratio} must be > 0 (1.0 means the same lr).")
         self.save_hyperparameters(ignore=["optimizer"])
@@ -121,6 +131,7 @@ class LoRAModule(LightningModule):
         self.embedding_lr_ratio = embedding_lr_ratio
         self.attn_implementation = attn_implementation
         self.max_new_tokens = max_new_tokens
+        self.adapter_path = adapter_path
 
         # Checkpoints hold only the adapter; the frozen base is rebuilt from its source.
         self.strict_loading = False
@@ -129,6 +140,8 @@ class LoRAModule(LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self._window: dict[str, Any] = {}
+        # RNG states of a checkpoint being resumed, set back just before its next batch.
+        self._rng_to_restore: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ building
     def configure_model(self) -> None:
@@ -150,7 +163,7 @@ class LoRAModule(LightningModule):
         return load_base_model(folder, self.quantization, device, self.attn_implementation)
 
     def apply_adapter(self, base: PreTrainedModel) -> PeftModel:
-        """Prepare the base for training and wrap it with the LoRA adapter."""
+        """Prepare the base for training and wrap it with a new LoRA adapter or ``adapter_path``'s."""
         if self.quantization.quantized:
             # Casts the remaining non-quantized weights (norms, embeddings) to float32 for
             # stable training and freezes everything.
@@ -160,9 +173,17 @@ class LoRAModule(LightningModule):
             # frozen base without forcing the input embeddings to require grad.
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
-        model = get_peft_model(base, self.lora.to_peft_config())
-        # Record what the user named, not the cache folder a GGUF or random model loads from.
-        model.peft_config["default"].base_model_name_or_path = self.model_name_or_path
+        if self.adapter_path is not None:
+            model = PeftModel.from_pretrained(base, self.adapter_path, is_trainable=True)
+            config = model.peft_config["default"]
+            rank_zero_info(
+                f"lit_lora: starting from the adapter in {self.adapter_path} (r={config.r}, "
+                f"alpha={config.lora_alpha}, targets={sorted(config.target_modules)}); model.lora is not used"
+            )
+        else:
+            model = get_peft_model(base, self.lora.to_peft_config())
+            # Record what the user named, not the cache folder a GGUF or random model loads from.
+            model.peft_config["default"].base_model_name_or_path = self.model_name_or_path
         # from_pretrained returns a model in eval mode, and Lightning keeps the modes it
         # finds: without this, LoRA dropout would silently stay off during training.
         model.train()
@@ -285,6 +306,12 @@ class LoRAModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
+        # ``configure_optimizers`` asks for ``estimated_stepping_batches``, which makes
+        # Lightning set up the training dataloader before it restores a checkpoint, and
+        # then it never hands the saved position back to it: a mid-epoch resume would
+        # restart the epoch. Hand it back now, before the first batch is drawn (a no-op
+        # when Lightning has done so, or when not resuming mid-epoch).
+        self.trainer.fit_loop._load_combined_loader_states()
         # After a restore, the schedule may cover a longer run than the one saved.
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -295,14 +322,26 @@ class LoRAModule(LightningModule):
         return {name: p.shape for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trained weights: a few MB instead of the whole frozen base."""
+        """Keep only trained weights (a few MB instead of the whole frozen base) and the RNGs."""
         keep = self._trainable_shapes()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        # Checkpoints are written between optimizer steps, so these are the states the
+        # next step's dropout starts from. Every device seeds alike (seed_everything),
+        # so process 0's states, the ones saved, are every process's.
+        checkpoint["rng_states"] = rng_states()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Set back at the first batch rather than at load time: building the adapter,
+        # the sanity check and the dataloaders draw random numbers in between.
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapter does not match this module's LoRA settings."""
         # ``load_from_checkpoint`` restores before any trainer built the model.
         self.configure_model()
+        self._rng_to_restore = checkpoint.get("rng_states")
         expected = self._trainable_shapes()
         found = {name: value.shape for name, value in checkpoint["state_dict"].items()}
         if expected != found:

@@ -1,0 +1,72 @@
+"""Callbacks that SIGKILL the training process at a chosen moment (for resume tests).
+
+A kill, unlike an exception, runs no cleanup: no ``finally``, no Lightning teardown,
+no flush. The tests add these through ``--trainer.callbacks+=kill_switch.…`` to a
+``python -m lit_lora fit`` subprocess whose ``PYTHONPATH`` includes ``tests/``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def kill_now() -> None:
+    """End this process the way an OOM killer or ``kill -9`` would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtBatch(Callback):
+    """Kill the run when batch ``batch`` of epoch ``epoch`` is about to be trained.
+
+    Args:
+        epoch: Epoch index (0-based).
+        batch: Batch index within that epoch (0-based).
+    """
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch = epoch
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            kill_now()
+
+
+class KillDuringSave(Callback):
+    """Kill the run halfway through writing its ``save``-th checkpoint file.
+
+    Patches ``torch.save`` in this process so that, on that call, half of the
+    serialized bytes reach the file before the kill.
+
+    Args:
+        save: Which checkpoint write to interrupt (1 = the first).
+    """
+
+    def __init__(self, save: int) -> None:
+        self.save = save
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        original = torch.save
+        calls = 0
+
+        def save(obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == self.save:
+                buffer = io.BytesIO()
+                original(obj, buffer, *args, **kwargs)
+                data = buffer.getvalue()
+                if isinstance(file, (str, os.PathLike)):
+                    file = open(file, "wb")  # noqa: SIM115 - the kill closes nothing anyway
+                file.write(data[: len(data) // 2])
+                file.flush()
+                kill_now()
+            original(obj, file, *args, **kwargs)
+
+        torch.save = save
