@@ -149,12 +149,12 @@ def main(args: ArgsType = None, run: bool = True) -> Any:
         raise SystemExit(2) from cause
 
 
-def build_cli(args: ArgsType = None, run: bool = True) -> LitLoraCLI:
-    """The LitLoraCLI with lit_lora's module, data module and trainer defaults."""
+def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCLI] = LitLoraCLI) -> LitLoraCLI:
+    """A LitLoraCLI (or ``cli_class``, a subclass) with lit_lora's module, data module and defaults."""
     from lit_lora.data import SFTDataModule
     from lit_lora.model import LoRAModule
 
-    return LitLoraCLI(
+    return cli_class(
         LoRAModule,
         SFTDataModule,
         subclass_mode_model=True,

@@ -14,7 +14,7 @@ import torch
 import yaml
 from peft import PeftModel
 
-from lit_lora.cli import LitLoraCLI, main
+from lit_lora.cli import LitLoraCLI, build_cli, main
 from lit_lora.model.loading import load_base_model, random_weights_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,13 +35,7 @@ class ParseOnlyCLI(LitLoraCLI):
 
 
 def parse(args: list[str]):
-    from lit_lora.data import SFTDataModule
-    from lit_lora.model import LoRAModule
-
-    return ParseOnlyCLI(
-        LoRAModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        auto_configure_optimizers=False, args=args,
-    ).config
+    return build_cli(args, cli_class=ParseOnlyCLI).config
 
 
 @pytest.fixture

@@ -264,13 +264,22 @@ def test_merges_smollm2_read_from_its_gguf(tmp_path):
     )
     module.configure_model()
     adapter = module.save_adapter(tmp_path / "adapter")
-    out = merge(str(adapter), str(tmp_path / "merged"), base, gguf.name, "float32")
+    out = merge(
+        str(adapter),
+        str(tmp_path / "merged"),
+        base,
+        gguf_file=gguf.name,
+        dtype="float32",
+    )
 
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = module.tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         reference = module.model.eval()(input_ids=ids).logits
-        torch.testing.assert_close(merged(input_ids=ids).logits, reference, **TOLERANCE)
+        # Real weights and 576-wide sums round more than the tiny model: ~7e-5 apart.
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, reference, rtol=1e-4, atol=1e-4
+        )
     # SmolLM2 ties its output head to the embeddings: saved once, 4 bytes a parameter.
     assert "lm_head.weight" not in load_file(out / "model.safetensors")
     assert (out / "model.safetensors").stat().st_size < 4.01 * merged.num_parameters()
