@@ -1,4 +1,4 @@
-"""Generating answers to left-padded prompt batches, greedy or sampled, and the tokens that end an answer."""
+"""Answers to left-padded prompt batches, greedy or sampled, and the tokens that end them."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def _model_eos_ids(model: PreTrainedModel) -> list[int]:
-    """The EOS ids of the model's generation config, as a list (it may hold one id, several, or none)."""
+    """The EOS ids of the model's generation config, which may hold one id, several or none."""
     eos = model.generation_config.eos_token_id
     if eos is None:
         return []

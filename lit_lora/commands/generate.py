@@ -89,7 +89,7 @@ class Prompt:
         return {"prompt": self.value, "completion": _STAND_IN_REPLY}
 
     def display(self) -> str:
-        """The prompt as printed above its answers: the text, or one ``role: content`` line per turn."""
+        """The prompt as printed: its text, or one ``role: content`` line per turn."""
         if self.format == "messages":
             return "\n".join(
                 f"{turn['role']}: {turn['content']}" for turn in self.value
@@ -143,7 +143,8 @@ def generate(
             names clash (``run1/adapter``).
         prompts: Prompts to answer, a list: repeat ``--prompts+ TEXT`` (also for a
             single prompt), or ``--prompts '["first", "second"]'``. Each is rendered
-            like the ``prompt`` of a training row (with a chat template: one user turn).
+            like the ``prompt`` of a ``prompt_completion`` training row: one user turn
+            with a chat template, the text as it is with the plain template.
         prompt_file: More prompts: a ``.txt`` file with one prompt per non-empty line,
             or a ``.jsonl`` file whose rows hold a ``prompt`` (and optionally its
             ``completion``) or ``messages`` (role/content turns; a final assistant turn
@@ -154,7 +155,8 @@ def generate(
         output: Also write a JSON Lines file, one line per prompt: its ``prompt`` (or
             ``messages``), ``reference`` when known, and ``answers``, a mapping of
             variant label to answer. The file is itself a valid ``--prompt_file``.
-        max_new_tokens: Most tokens generated per answer.
+        max_new_tokens: Most tokens generated per answer; an answer ends earlier at
+            the chat template's end-of-turn token (``<|im_end|>`` for ChatML) or at EOS.
         sample: Sample the answers with ``temperature`` and ``top_p``; false decodes
             greedily (the most likely token each step) and ignores both.
         temperature: Sampling temperature, > 0: below 1 sharpens the distribution,
@@ -176,9 +178,7 @@ def generate(
     Returns:
         The records written to ``--output``, one per prompt.
     """
-    adapter_dirs = [
-        check_adapter_dir(path, "--adapters") for path in _as_list(adapters)
-    ]
+    adapter_dirs = check_adapters(_as_list(adapters))
     check_numbers(max_new_tokens, batch_size, temperature, top_p)
     target = check_device(device)
     output_path = check_output(output)
@@ -229,6 +229,20 @@ def _reference(prompt: Prompt) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- checks
+def check_adapters(adapters: list[str]) -> list[Path]:
+    """The adapter folders as paths; fails when there is none or one holds no adapter.
+
+    Args:
+        adapters: ``--adapters`` as given.
+    """
+    if not adapters:
+        raise ConfigError(
+            "--adapters: no adapter folder is given. Fix: pass --adapters DIR, "
+            "or --adapters+ DIR once per adapter."
+        )
+    return [check_adapter_dir(path, "--adapters") for path in adapters]
+
+
 def check_numbers(
     max_new_tokens: int, batch_size: int, temperature: float, top_p: float
 ) -> None:
@@ -250,11 +264,13 @@ def check_numbers(
             )
     if temperature <= 0:
         raise ConfigError(
-            f"--temperature: {temperature} is not above 0. Fix: use e.g. 0.7, or leave --sample off for greedy answers."
+            f"--temperature: {temperature} is not above 0. Fix: use e.g. 0.7, "
+            "or leave --sample off for greedy answers."
         )
     if not 0 < top_p <= 1:
         raise ConfigError(
-            f"--top_p: {top_p} is outside (0, 1]. Fix: use e.g. 0.9, or 1 to keep every token."
+            f"--top_p: {top_p} is outside (0, 1]. "
+            "Fix: use e.g. 0.9, or 1 to keep every token."
         )
 
 
@@ -316,16 +332,15 @@ def shared_base(
     """
     spec = base_spec(adapters, base, gguf_file)
     if base is None:
-        first = dataclasses.replace(
-            spec, quantization=QuantizationSettings(mode="none")
-        )
+        weights = _weights(spec)
         for adapter in adapters[1:]:
             other = BaseModelSpec.of_adapter(adapter)
-            if dataclasses.replace(other, quantization=first.quantization) != first:
+            if _weights(other) != weights:
                 raise ConfigError(
-                    f"--adapters: '{adapter}' was trained on {_describe(other)} but '{adapters[0]}' on "
-                    f"{_describe(spec)}; adapters compared side by side must share their base. Fix: generate "
-                    "for them separately, or pass --base to load every adapter onto one base."
+                    f"--adapters: '{adapter}' was trained on {_describe(other)} but "
+                    f"'{adapters[0]}' on {_describe(spec)}; adapters compared side by side "
+                    "must share their base. Fix: generate for them separately, or pass "
+                    "--base to load every adapter onto one base."
                 )
     trained = [trained_quantization(adapter) for adapter in adapters]
     if not quantized:
@@ -338,11 +353,17 @@ def shared_base(
     for adapter, settings in zip(adapters[1:], trained[1:], strict=True):
         if settings != trained[0]:
             raise ConfigError(
-                f"--adapters: '{adapter}' was trained on a base stored as {settings}, '{adapters[0]}' on one "
-                f"stored as {trained[0]}. Fix: pass --quantized false to compare them on the unquantized base, "
-                "or generate for them separately."
+                f"--adapters: '{adapter}' was trained on a base stored as {settings}, "
+                f"'{adapters[0]}' on one stored as {trained[0]}. Fix: pass --quantized "
+                "false to compare them on the unquantized base, or generate for them "
+                "separately."
             )
     return dataclasses.replace(spec, quantization=trained[0])
+
+
+def _weights(spec: BaseModelSpec) -> BaseModelSpec:
+    """What decides the base's weights, however they are stored."""
+    return dataclasses.replace(spec, quantization=QuantizationSettings(mode="none"))
 
 
 def _describe(spec: BaseModelSpec) -> str:
@@ -372,8 +393,9 @@ def read_prompts(texts: Sequence[str], prompt_file: str | None) -> list[Prompt]:
         prompts += read_prompt_file(prompt_file)
     if not prompts:
         raise ConfigError(
-            "--prompts: there is no prompt to answer. Fix: pass --prompts+ 'your prompt' (repeat it for more), "
-            "or --prompt_file with a .txt (one prompt per line) or .jsonl file."
+            "--prompts: there is no prompt to answer. Fix: pass --prompts+ 'your prompt' "
+            "(repeat it for more), or --prompt_file with a .txt (one prompt per line) "
+            "or .jsonl file."
         )
     return prompts
 
@@ -391,12 +413,14 @@ def read_prompt_file(prompt_file: str) -> list[Prompt]:
     if not path.is_file():
         what = "does not exist" if not path.exists() else "is not a file"
         raise ConfigError(
-            f"--prompt_file: '{prompt_file}' {what}. Fix: point it at a .txt or .jsonl file of prompts."
+            f"--prompt_file: '{prompt_file}' {what}. "
+            "Fix: point it at a .txt or .jsonl file of prompts."
         )
     if path.suffix.lower() not in PROMPT_FILE_SUFFIXES:
         raise ConfigError(
-            f"--prompt_file: '{prompt_file}' is neither .txt nor .jsonl. Fix: write one prompt per line into a .txt "
-            "file, or rows with a 'prompt' or 'messages' field into a .jsonl file."
+            f"--prompt_file: '{prompt_file}' is neither .txt nor .jsonl. Fix: write one "
+            "prompt per line into a .txt file, or rows with a 'prompt' or 'messages' "
+            "field into a .jsonl file."
         )
     lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix.lower() == ".txt":
@@ -454,8 +478,8 @@ def _messages_prompt(messages: Any) -> Prompt:
         reference = turns.pop()["content"]
     if not turns:
         raise ConfigError(
-            "messages has no turn before the reply to generate. Fix: give at least a user turn, "
-            'e.g. [{"role": "user", "content": "..."}].'
+            "messages has no turn before the reply to generate. Fix: give at least a "
+            'user turn, e.g. [{"role": "user", "content": "..."}].'
         )
     return Prompt("messages", turns, reference)
 
@@ -479,6 +503,7 @@ def encode_prompts(
         The prompts' ids, in order, and the tokenizer.
     """
     name_or_path, gguf_file = adapter_tokenizer_source(adapter, spec)
+    template = trained_template(adapter)
     examples: list[PromptExample | None] = [None] * len(prompts)
     tokenizer = None
     with (
@@ -500,7 +525,7 @@ def encode_prompts(
                 train_file=str(path),
                 predict_file=str(path),
                 format=format,
-                template=trained_template(adapter),
+                template=template,
                 max_length=sys.maxsize,  # a prompt is never cut
                 tokenizer_name_or_path=name_or_path,
                 gguf_file=gguf_file,
@@ -516,7 +541,9 @@ def encode_prompts(
 def adapter_tokenizer_source(
     adapter: Path, spec: BaseModelSpec
 ) -> tuple[str, str | None]:
-    """Where the tokenizer trained with is: the adapter's copy, else the base's ``(name_or_path, gguf_file)``.
+    """Where the tokenizer trained with is, as ``(name_or_path, gguf_file)``.
+
+    The adapter's own copy (chat template included) when it has one, else the base's.
 
     Args:
         adapter: An adapter folder.
@@ -572,23 +599,29 @@ def name_variants(adapters: list[Path], include_base: bool) -> list[Variant]:
                 f"--adapters: '{adapters[index]}' is given twice. Fix: give each adapter once."
             )
     reserved = [BASE_LABEL] if include_base else []
-    labels = [
-        _shortest_unique_suffix(path, [p for p in paths if p != path], reserved)
-        for path in paths
-    ]
+    labels = [_label(path, [p for p in paths if p != path], reserved) for path in paths]
     variants = [
         Variant(label, f"variant_{index}") for index, label in enumerate(labels)
     ]
     return variants + [Variant(BASE_LABEL, None)] if include_base else variants
 
 
-def _shortest_unique_suffix(path: Path, others: list[Path], reserved: list[str]) -> str:
-    for depth in range(1, len(path.parts) + 1):
-        label = Path(*path.parts[-depth:]).as_posix()
-        taken = reserved + [Path(*other.parts[-depth:]).as_posix() for other in others]
-        if label not in taken:
-            return label
-    return path.as_posix()
+def _label(path: Path, others: list[Path], reserved: list[str]) -> str:
+    """The shortest tail of ``path`` that no other path ends with and is not reserved.
+
+    The whole path always qualifies, since no folder is given twice.
+    """
+    return next(
+        _tail(path, depth)
+        for depth in range(1, len(path.parts) + 1)
+        if _tail(path, depth)
+        not in reserved + [_tail(other, depth) for other in others]
+    )
+
+
+def _tail(path: Path, depth: int) -> str:
+    """The last ``depth`` parts of ``path``, ``/``-separated."""
+    return Path(*path.parts[-depth:]).as_posix()
 
 
 def load_variants(

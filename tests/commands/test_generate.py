@@ -1,4 +1,4 @@
-"""``python -m lit_lora generate``: side-by-side answers, exactness, prompts, stopping, sampling, errors."""
+"""``python -m lit_lora generate``: answers side by side, exactness, prompts, stopping, errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import bitsandbytes as bnb
 import pytest
 import torch
 import yaml
@@ -24,6 +25,7 @@ from lit_lora.generation import (
     generate_texts,
 )
 from lit_lora.model.loading import load_base_model
+from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.tokenizer import load_tokenizer
 
 PROMPTS = ["Name a colour.", "What is 2+2? Answer: briefly"]
@@ -88,7 +90,7 @@ def test_adapters_and_base_answer_side_by_side_exactly_as_direct_peft_models(
         "--include_base",
         "true",
         "--max_new_tokens",
-        "6",
+        "4",
     )
     out = capsys.readouterr().out
 
@@ -109,7 +111,7 @@ def test_adapters_and_base_answer_side_by_side_exactly_as_direct_peft_models(
         if adapter is not None:
             model = PeftModel.from_pretrained(model, adapter)
         assert answers[label] == [
-            direct_greedy(model, tokenizer, prompt_ids, 6) for prompt_ids in ids
+            direct_greedy(model, tokenizer, prompt_ids, 4) for prompt_ids in ids
         ]
 
     for number, (prompt, record) in enumerate(zip(PROMPTS, records), start=1):
@@ -202,9 +204,8 @@ def test_end_of_turn_token_comes_from_the_chat_template(tiny_model_dir):
     assert end_of_turn_token_id(tokenizer) == IM_END
     assert end_token_ids(tokenizer) == [IM_END]
 
-    tokenizer.eos_token = (
-        "<s>"  # an EOS that is not the end of a turn, as in many base models
-    )
+    # An EOS that is not the end of a turn, as in many base models.
+    tokenizer.eos_token = "<s>"
     assert end_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<s>"), IM_END]
 
     tokenizer.chat_template = None
@@ -221,9 +222,8 @@ def tiny_model(tiny_model_dir) -> torch.nn.Module:
 
 def test_generation_stops_at_the_end_of_turn_token(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    tokenizer.eos_token = (
-        "<s>"  # so only the chat template's end of turn can stop the answer
-    )
+    # So that only the chat template's end of turn can stop the answer.
+    tokenizer.eos_token = "<s>"
     model = tiny_model(tiny_model_dir)
     model.generation_config.eos_token_id = None
     prompt = torch.tensor([tokenizer("Hello there")["input_ids"]])
@@ -231,10 +231,12 @@ def test_generation_stops_at_the_end_of_turn_token(tiny_model_dir):
     free = model.generate(
         input_ids=prompt, attention_mask=mask, max_new_tokens=8, do_sample=False
     )[0, prompt.size(1) :]
-    # Give <|im_end|> the output row of the third token: from then on the two tie and
-    # greedy picks the lower id, <|im_end|>, where the free run picked the third token.
+    # Give <|im_end|> the output row of a token the free run picks: the two then tie and
+    # greedy picks the lower id, <|im_end|>, where the free run picked that token.
     stop_at = next(
-        k for k in range(2, 8) if free[k] > IM_END and free[k] not in free[:k]
+        k
+        for k in range(2, 8)
+        if free[k] > IM_END and free[k] not in free[:k] and IM_END not in free[: k + 1]
     )
     with torch.no_grad():
         model.lm_head.weight[IM_END] = model.lm_head.weight[free[stop_at]]
@@ -244,9 +246,10 @@ def test_generation_stops_at_the_end_of_turn_token(tiny_model_dir):
             model, tokenizer, prompt, mask, 8, stop_token_ids=stop_token_ids
         )[0]
 
-    assert answer(end_token_ids(tokenizer)) == tokenizer.decode(free[:stop_at])
-    # Without the end-of-turn token nothing stops it: <|im_end|> is dropped from the text and it goes on.
-    assert len(tokenizer(answer(None), add_special_tokens=False)["input_ids"]) > stop_at
+    stopped = tokenizer.decode(free[:stop_at])
+    assert answer(end_token_ids(tokenizer)) == stopped
+    # Without it nothing stops the answer: <|im_end|> is left out of the text, which goes on.
+    assert answer(None).startswith(stopped) and answer(None) != stopped
 
 
 def test_sampling_is_reproducible_and_leaves_the_global_generator_alone(tiny_model_dir):
@@ -266,37 +269,43 @@ def test_sampling_is_reproducible_and_leaves_the_global_generator_alone(tiny_mod
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_unquantized_base_answers_as_the_adapter_on_full_precision_weights(
+    tiny_adapters, tmp_path
+):
+    adapter = tiny_adapters[0]
+    records = run(
+        [adapter],
+        *with_prompts(PROMPTS[:1]),
+        "--quantized",
+        "false",
+        "--max_new_tokens",
+        "6",
+    )
+
+    spec = BaseModelSpec.of_adapter(adapter)
+    base = load_base_model(
+        spec.folder(), QuantizationSettings(mode="none"), torch.device("cpu")
+    )
+    assert not any(isinstance(module, bnb.nn.Linear4bit) for module in base.modules())
+    model = PeftModel.from_pretrained(base, adapter)
+    ids = training_prompt_ids(adapter, PROMPTS[:1], tmp_path)[0]
+    assert records[0]["answers"]["a"] == direct_greedy(
+        model, load_tokenizer(str(adapter)), ids, 6
+    )
+
+
 def test_cli_sampling_repeats_with_its_seed_and_greedy_ignores_temperature(
     tiny_adapters,
 ):
-    options = [*with_prompts(PROMPTS), "--max_new_tokens", "6"]
+    # The unquantized base keeps these four runs fast; sampling does not depend on it.
+    options = [*with_prompts(PROMPTS), "--max_new_tokens", "6", "--quantized", "false"]
+    hot = ["--temperature", "3.0", "--top_p", "0.9"]
+    sampling = ["--sample", "true", *hot, "--seed", "7"]
+
     greedy = run(tiny_adapters, *options)
-    assert (
-        run(tiny_adapters, *options, "--temperature", "3.0", "--top_p", "0.5") == greedy
-    )
-    sampled = run(
-        tiny_adapters,
-        *options,
-        "--sample",
-        "true",
-        "--temperature",
-        "3.0",
-        "--seed",
-        "7",
-    )
-    assert (
-        run(
-            tiny_adapters,
-            *options,
-            "--sample",
-            "true",
-            "--temperature",
-            "3.0",
-            "--seed",
-            "7",
-        )
-        == sampled
-    )
+    assert run(tiny_adapters, *options, *hot) == greedy
+    sampled = run(tiny_adapters, *options, *sampling)
+    assert run(tiny_adapters, *options, *sampling) == sampled
     assert sampled != greedy
 
 
@@ -390,4 +399,8 @@ def test_help_documents_every_option(capsys):
         "--device",
     ):
         assert option in text
-    assert "one line per prompt" in text and "end-of-turn token" in text
+    assert (
+        "one line per prompt" in text
+        and "end-of-turn token" in text
+        and "greedily" in text
+    )

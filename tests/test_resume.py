@@ -1,0 +1,98 @@
+"""Killed runs resume exactly: SIGKILL mid-epoch, and SIGKILL in the middle of a checkpoint write.
+
+Each run is a real ``python -m lit_lora fit`` process on configs/tiny.yaml, shortened
+to 2 epochs of 12 batches (6 optimizer steps each, accumulation 2) with a step
+checkpoint every 2 optimizer steps. LoRA dropout stays at the config's 0.05, so the
+resumed run must also restore the RNG, not only data order, optimizer and schedule.
+
+Tolerance: zero. On CPU in float32 every kernel here is deterministic, so the resumed
+run must end with bit-identical adapter weights; any lost or repeated batch, RNG draw
+or optimizer state shows up as a difference.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run ``fit`` in its own process (a SIGKILL must not take pytest with it)."""
+    args = [
+        sys.executable, "-m", "lit_lora", "fit", "--config", "configs/tiny.yaml",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.limit_train_batches", "12",
+        "--trainer.enable_progress_bar", "false",
+        "--step_checkpoint.every_n_train_steps", "2",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def adapter_weights(root: Path) -> dict[str, torch.Tensor]:
+    return load_file(root / "adapter" / "adapter_model.safetensors")
+
+
+def assert_same_adapter(root: Path, reference: Path) -> None:
+    actual, expected = adapter_weights(root), adapter_weights(reference)
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    done = fit(root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def test_step_checkpoints_keep_the_newest_two(uninterrupted: Path):
+    names = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    # 12 optimizer steps: step checkpoints at 2, 4, ..., 12, of which 10 and 12 are
+    # kept; one checkpoint per epoch; one last; no partial file left behind.
+    assert names == ["epoch00-step6.ckpt", "epoch01-step12.ckpt", "last.ckpt", "step10.ckpt", "step12.ckpt"]
+
+
+def test_kill_mid_epoch_then_resume_from_last_equals_uninterrupted(uninterrupted: Path, tmp_path: Path):
+    # Killed before batch 9 of epoch 1: the newest checkpoint is step 10 (after batch 7),
+    # so batch 8 is the first one the resumed run must train, in the middle of an epoch.
+    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillAtBatch", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=9")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "adapter").exists()
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 10)
+
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states from the checkpoint at" in resumed.stderr + resumed.stdout
+    assert_same_adapter(tmp_path, uninterrupted)
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_last(uninterrupted: Path, tmp_path: Path):
+    # Writes: step2.ckpt, last.ckpt (step 2), step4.ckpt, then last.ckpt again: killed
+    # with half of that fourth file on disk.
+    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillDuringSave", "--trainer.callbacks.save=4")
+    assert killed.returncode == -signal.SIGKILL
+    folder = tmp_path / "checkpoints"
+    assert (folder / "last.ckpt.partial").stat().st_size > 0  # the interrupted write
+    last = torch.load(folder / "last.ckpt", weights_only=False)  # still a whole checkpoint
+    assert last["global_step"] == 2
+
+    # Resume from an explicit path; the stale partial file is simply overwritten later.
+    resumed = fit(tmp_path, "--ckpt_path", str(folder / "last.ckpt"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (folder / "last.ckpt.partial").exists()
+    assert_same_adapter(tmp_path, uninterrupted)
