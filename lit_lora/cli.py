@@ -77,29 +77,26 @@ class LitLoraCLI(LightningCLI):
         )
         parser.link_arguments(sources, "data.init_args.gguf_file", compute_fn=lambda *args: tokenizer_source(*args)[1])
 
-
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        self._fix_checkpoint_folders(config)
-        self._adapter_as_ckpt_path(config)
-
-    def _fix_checkpoint_folders(self, config: Namespace) -> None:
-        """Put both checkpoint callbacks in ``<default_root_dir>/checkpoints`` unless set.
-
-        Lightning's default is the logger's folder, which has a new ``version_N`` per
-        run: ``--ckpt_path last`` in the next run would look in an empty folder, find
-        nothing and silently train from scratch.
-        """
-        root = Path(config.trainer.default_root_dir or os.getcwd())
-        for group in ("checkpoint", "step_checkpoint"):
-            if config[group].dirpath is None:
-                config[group].dirpath = str(root / "checkpoints")
-        folder = Path(config.checkpoint.dirpath)
+        folder = checkpoint_folder(config)
         if self.subcommand == "fit" and config.ckpt_path is None and any(folder.glob("*.ckpt")):
             raise ConfigError(
                 f"checkpoint.dirpath: {folder} already holds checkpoints of an earlier run, which this run "
                 "would overwrite. Resume it with --ckpt_path last, or set another trainer.default_root_dir."
             )
+        self._adapter_as_ckpt_path(config)
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        # Lightning's default folder is the logger's, which has a new ``version_N`` per
+        # run: ``--ckpt_path last`` in the next run would look in an empty folder, find
+        # nothing and silently train from scratch. Set on the callbacks, not in the
+        # config, so that the saved config still follows ``trainer.default_root_dir``.
+        folder = checkpoint_folder(self.config[self.subcommand])
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(folder)
 
     def _adapter_as_ckpt_path(self, config: Namespace) -> None:
         """Let ``validate``/``test``/``predict`` take a PEFT adapter folder as ``--ckpt_path``."""
@@ -119,6 +116,13 @@ class LitLoraCLI(LightningCLI):
             )
         init_args.adapter_path = ckpt_path
         config.ckpt_path = None
+
+
+def checkpoint_folder(config: Namespace) -> Path:
+    """Where checkpoints go: ``checkpoint.dirpath``, else ``<default_root_dir>/checkpoints``."""
+    if config.checkpoint.dirpath is not None:
+        return Path(config.checkpoint.dirpath)
+    return Path(config.trainer.default_root_dir or os.getcwd()) / "checkpoints"
 
 
 def config_error_in(error: BaseException) -> ConfigError | None:

@@ -14,6 +14,10 @@ import torch
 import yaml
 from peft import PeftModel
 
+from safetensors.torch import load_file
+
+from lit_lora import LoRAModule
+from lit_lora.adapter_dir import BaseModelSpec
 from lit_lora.cli import LitLoraCLI, build_cli, main
 from lit_lora.model.loading import load_base_model, random_weights_folder
 
@@ -170,6 +174,79 @@ def test_validate_test_and_predict_use_the_checkpoint(fitted, tmp_path, in_repo)
     assert rows[0]["reference"] == examples[0].reference
     assert rows[0]["prompt"] == cli.datamodule.tokenizer.decode(examples[0].prompt_ids)
     assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")
+
+
+def test_exported_adapter_carries_a_model_card_and_the_runs_config(fitted, tmp_path, in_repo):
+    cli, root = fitted
+    adapter = root / "adapter"
+    card = (adapter / "README.md").read_text()
+    assert card.startswith("---\nbase_model: assets/tiny-llama\nlibrary_name: peft\n")
+    assert f"- `val/loss`: {cli.trainer.callback_metrics['val/loss'].item():.6g}" in card
+    assert "| LoRA rank / alpha / dropout | 8 / 16 / 0.05 |" in card
+    assert "| Epochs / optimizer steps | 2 / 26 |" in card
+    assert "trained against the nf4-quantized base" in card
+    assert f"python -m lit_lora fit --config {adapter / 'training_config.yaml'} --trainer.default_root_dir" in card
+    # The saved config is complete: it parses alone, to the settings of the run.
+    elsewhere = ("--trainer.default_root_dir", str(tmp_path))
+    saved = parse(["fit", "--config", str(adapter / "training_config.yaml"), *elsewhere]).fit
+    original = parse(tiny_args("fit", tmp_path)).fit
+    assert saved.ckpt_path is None
+    assert saved.model.as_dict() == original.model.as_dict()
+    assert saved.data.as_dict() == original.data.as_dict()
+    assert BaseModelSpec.of_adapter(adapter) == BaseModelSpec(
+        "assets/tiny-llama", random_init=True, seed=0, quantization=cli.model.quantization
+    )
+
+
+def test_validate_on_the_adapter_folder_reproduces_the_last_val_loss(fitted, tmp_path, in_repo):
+    cli, root = fitted
+    adapter = root / "adapter"
+    logged = cli.trainer.callback_metrics["val/loss"].item()
+    args = ["--config", str(adapter / "training_config.yaml"), "--ckpt_path", str(adapter),
+            "--trainer.default_root_dir", str(tmp_path)]
+    validated = main(["validate", *args])
+    assert validated.model.adapter_path == str(adapter)
+    assert validated.trainer.callback_metrics["val/loss"].item() == pytest.approx(logged, rel=1e-6)
+    tested = main(["test", *args])  # no test_file: the validation data
+    assert tested.trainer.callback_metrics["test/loss"].item() == pytest.approx(logged, rel=1e-6)
+
+
+def test_training_starts_from_an_adapter_folder(fitted, tmp_path, in_repo):
+    cli, root = fitted
+    adapter = root / "adapter"
+    saved = load_file(adapter / "adapter_model.safetensors")
+    # The adapter's own shape wins over model.lora (r 4 here, 8 in the adapter).
+    run = main(tiny_args("fit", tmp_path, "--model.adapter_path", str(adapter), "--model.lora.r", "4",
+                         "--trainer.max_steps", "1"))
+    start = LoRAModule("assets/tiny-llama", random_init=True, quantization=cli.model.quantization,
+                       adapter_path=str(adapter))
+    start.configure_model()
+    weights = {n: p for n, p in start.model.named_parameters() if p.requires_grad}
+    assert len(weights) == len(saved) > 0
+    for name, value in saved.items():
+        torch.testing.assert_close(weights[name.replace(".weight", ".default.weight")], value, rtol=0, atol=0)
+    trained = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in saved.items()}
+    assert run.trainer.global_step == 1
+    assert any(not torch.equal(trained[k], saved[k]) for k in saved)  # and it trained on
+
+
+def test_fit_will_not_take_an_adapter_folder_as_a_checkpoint(fitted, tmp_path, in_repo, capsys):
+    cli, root = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_args("fit", tmp_path, "--ckpt_path", str(root / "adapter")))
+    assert exit_info.value.code == 2
+    assert "set model.init_args.adapter_path to it instead" in capsys.readouterr().err
+
+
+def test_fit_will_not_overwrite_an_earlier_runs_checkpoints(fitted, in_repo, capsys):
+    cli, root = fitted
+    before = {p: p.stat().st_mtime_ns for p in (root / "checkpoints").iterdir()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_args("fit", root))
+    assert exit_info.value.code == 2
+    assert "already holds checkpoints of an earlier run" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in (root / "checkpoints").iterdir()}
 
 
 def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):
