@@ -82,17 +82,20 @@ def test_kill_mid_epoch_then_resume_from_last_equals_uninterrupted(uninterrupted
 
 
 def test_kill_during_a_checkpoint_write_keeps_the_previous_last(uninterrupted: Path, tmp_path: Path):
-    # Writes: step2.ckpt, last.ckpt (step 2), step4.ckpt, then last.ckpt again: killed
-    # with half of that fourth file on disk.
-    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillDuringSave", "--trainer.callbacks.save=4")
+    # Writes so far: step2, last, step4, last, step6, last (on epoch 0's last batch),
+    # epoch00-step6, last (at the epoch's end), step8, then last again: killed with
+    # half of that tenth file on disk.
+    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillDuringSave", "--trainer.callbacks.save=10")
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / "checkpoints"
     assert (folder / "last.ckpt.partial").stat().st_size > 0  # the interrupted write
-    last = torch.load(folder / "last.ckpt", weights_only=False)  # still a whole checkpoint
-    assert last["global_step"] == 2
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 6  # still whole
+    assert torch.load(folder / "step8.ckpt", weights_only=False)["global_step"] == 8
 
-    # Resume from an explicit path; the stale partial file is simply overwritten later.
-    resumed = fit(tmp_path, "--ckpt_path", str(folder / "last.ckpt"))
+    # Resume from an explicit path: the step checkpoint written on epoch 0's last
+    # batch, which Lightning resumes at the start of epoch 1 (whose first batches must
+    # not be skipped by epoch 0's saved position).
+    resumed = fit(tmp_path, "--ckpt_path", str(folder / "step6.ckpt"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not (folder / "last.ckpt.partial").exists()
+    assert not (folder / "last.ckpt.partial").exists()  # overwritten by a later save
     assert_same_adapter(tmp_path, uninterrupted)

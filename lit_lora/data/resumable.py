@@ -17,11 +17,13 @@ from torch.utils.data import BatchSampler, DataLoader
 
 
 class ResumableBatchSampler(BatchSampler):
-    """A ``BatchSampler`` whose next pass can start after its first ``skip`` batches.
+    """A ``BatchSampler`` whose passes start after their first ``skip`` batches.
 
     Skipping here, on index lists, costs nothing: the skipped examples are never
     loaded or collated. It also sits after any distributed sampler Lightning wraps
-    around ``sampler``, so ``skip`` counts this device's batches.
+    around ``sampler``, so ``skip`` counts this device's batches. ``skip`` is read,
+    not consumed, because a multi-worker DataLoader iterates its batch sampler twice
+    while starting; :class:`ResumableDataLoader` resets it once its pass has begun.
     """
 
     def __init__(self, sampler: Any, batch_size: int, drop_last: bool) -> None:
@@ -29,8 +31,7 @@ class ResumableBatchSampler(BatchSampler):
         self.skip = 0
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip, self.skip = self.skip, 0
-        return itertools.islice(super().__iter__(), skip, None)
+        return itertools.islice(super().__iter__(), self.skip, None)
 
 
 class ResumableDataLoader(DataLoader):
@@ -38,28 +39,43 @@ class ResumableDataLoader(DataLoader):
 
     Takes the ``DataLoader`` arguments; ``batch_sampler`` must be a
     :class:`ResumableBatchSampler`. The count is of batches handed to the training
-    loop, not of batches that worker processes prepared ahead of it.
+    loop, not of batches that worker processes prepared ahead of it. The state also
+    names the epoch (the sampler's ``epoch``), because a checkpoint written on an
+    epoch's last batch is resumed by Lightning at the start of the next epoch, which
+    must then be trained whole.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.batch_sampler, ResumableBatchSampler):
             raise TypeError("ResumableDataLoader needs a ResumableBatchSampler as batch_sampler.")
+        self._epoch: int | None = None
         self._consumed = 0
+        self._resume_at: dict[str, Any] | None = None
+
+    def _sampler_epoch(self) -> int | None:
+        return getattr(self.batch_sampler.sampler, "epoch", None)
 
     def __iter__(self) -> Iterator[Any]:
         # A generator, so nothing (worker start-up, reading the sampler's order) happens
         # before the first batch is requested: Lightning creates the iterator before it
         # calls ``set_epoch``, and an eager start would shuffle with the previous epoch.
-        self._consumed = self.batch_sampler.skip
-        for batch in super().__iter__():
+        self._epoch, resume, self._resume_at = self._sampler_epoch(), self._resume_at, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == self._epoch else 0
+        self.batch_sampler.skip = skip
+        try:
+            iterator = super().__iter__()
+        finally:
+            self.batch_sampler.skip = 0
+        self._consumed = skip
+        for batch in iterator:
             self._consumed += 1
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        """``{"batches": n}``: batches of the current epoch already handed out."""
-        return {"batches": self._consumed}
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch": e, "batches": n}``: ``n`` batches of epoch ``e`` already handed out."""
+        return {"epoch": self._epoch, "batches": self._consumed}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Make the next pass start after the ``state["batches"]`` batches already trained."""
-        self.batch_sampler.skip = state["batches"]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass, if it is of the same epoch, start after the batches already trained."""
+        self._resume_at = dict(state)

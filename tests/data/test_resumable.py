@@ -32,15 +32,10 @@ from lit_lora.data.sampler import EpochShuffleSampler
 NUM_EXAMPLES = 10
 BATCH_SIZE = 2  # 5 batches per pass
 
-# Known bug, kept visible until fixed (strict: the test fails once the bug is gone).
 # torch's multi-process iterator calls iter(batch_sampler) twice when it starts
-# (_BaseDataLoaderIter.__init__ and _reset(first_iter=True)); the first, discarded,
-# call consumes ``skip``, so with workers a resumed pass starts the epoch over.
-WORKERS_LOSE_THE_SKIP = pytest.param(
-    2,
-    id="2-workers",
-    marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="skip is consumed by the iterator torch discards (num_workers > 0)"),
-)
+# (_BaseDataLoaderIter.__init__ and _reset(first_iter=True)); a skip consumed by the
+# first, discarded, call would make a resumed pass start the epoch over.
+WORKERS_ITERATE_THE_SAMPLER_TWICE = pytest.param(2, id="2-workers")
 
 
 class RecordingDataset(Dataset):
@@ -80,7 +75,7 @@ def epoch_batches(epoch: int, seed: int = 7) -> list[list[int]]:
 
 
 def test_a_fresh_loader_reports_no_batches_consumed():
-    assert make_loader().state_dict() == {"batches": 0}
+    assert make_loader().state_dict() == {"epoch": None, "batches": 0}
 
 
 def test_state_dict_counts_the_batches_taken_from_the_iterator():
@@ -88,13 +83,13 @@ def test_state_dict_counts_the_batches_taken_from_the_iterator():
     iterator = iter(loader)
     for _ in range(3):
         next(iterator)
-    assert loader.state_dict() == {"batches": 3}
+    assert loader.state_dict() == {"epoch": 0, "batches": 3}
 
 
 def test_state_dict_counts_a_whole_pass_after_it_ends():
     loader = make_loader()
     assert len(list(loader)) == 5
-    assert loader.state_dict() == {"batches": 5}
+    assert loader.state_dict() == {"epoch": 0, "batches": 5}
 
 
 def test_with_two_workers_state_dict_counts_consumed_not_prefetched_batches():
@@ -103,7 +98,7 @@ def test_with_two_workers_state_dict_counts_consumed_not_prefetched_batches():
     loader = make_loader(num_workers=2)
     iterator = iter(loader)
     taken = [next(iterator).tolist() for _ in range(2)]
-    assert loader.state_dict() == {"batches": 2}
+    assert loader.state_dict() == {"epoch": 0, "batches": 2}
     assert taken == epoch_batches(0)[:2]
     del iterator  # shut the workers down
 
@@ -113,29 +108,29 @@ def test_load_state_dict_resumes_with_the_uninterrupted_passs_remaining_batches(
     full = epoch_batches(2)
     loader = make_loader()
     loader.batch_sampler.sampler.set_epoch(2)
-    loader.load_state_dict({"batches": consumed})
+    loader.load_state_dict({"epoch": 2, "batches": consumed})
     assert as_lists(loader) == full[consumed:]
     # The count goes on from the skipped batches: a second kill in this pass
     # must save the position in the whole epoch, not in the shortened pass.
-    assert loader.state_dict() == {"batches": 5}
+    assert loader.state_dict() == {"epoch": 2, "batches": 5}
 
 
 def test_the_pass_after_a_resumed_one_is_whole_again():
     loader = make_loader()
     loader.batch_sampler.sampler.set_epoch(1)
-    loader.load_state_dict({"batches": 3})
+    loader.load_state_dict({"epoch": 1, "batches": 3})
     assert as_lists(loader) == epoch_batches(1)[3:]
     loader.batch_sampler.sampler.set_epoch(2)
     assert as_lists(loader) == epoch_batches(2)
-    assert loader.state_dict() == {"batches": 5}
+    assert loader.state_dict() == {"epoch": 2, "batches": 5}
 
 
 def test_state_dict_of_a_resumed_pass_counts_the_skipped_batches_as_consumed():
     loader = make_loader()
-    loader.load_state_dict({"batches": 2})
+    loader.load_state_dict({"epoch": 0, "batches": 2})
     iterator = iter(loader)
     next(iterator)
-    assert loader.state_dict() == {"batches": 3}
+    assert loader.state_dict() == {"epoch": 0, "batches": 3}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -149,22 +144,30 @@ def test_set_epoch_after_iter_but_before_the_first_batch_still_decides_the_order
     assert as_lists(iterator) == epoch_batches(3)
 
 
-@pytest.mark.parametrize("num_workers", [0, WORKERS_LOSE_THE_SKIP])
+@pytest.mark.parametrize("num_workers", [0, WORKERS_ITERATE_THE_SAMPLER_TWICE])
 def test_a_resumed_pass_with_set_epoch_after_iter_yields_the_remaining_batches(num_workers):
     # The order Lightning uses on resume: load_state_dict, iter(), set_epoch, next().
     loader = make_loader(num_workers=num_workers)
-    loader.load_state_dict({"batches": 1})
+    loader.load_state_dict({"epoch": 3, "batches": 1})
     iterator = iter(loader)
     loader.batch_sampler.sampler.set_epoch(3)
     assert as_lists(iterator) == epoch_batches(3)[1:]
-    assert loader.state_dict() == {"batches": 5}
+    assert loader.state_dict() == {"epoch": 3, "batches": 5}
+
+
+def test_a_saved_position_of_another_epoch_is_not_applied():
+    # A checkpoint written on epoch 0's last batch is resumed at the start of epoch 1.
+    loader = make_loader()
+    loader.load_state_dict({"epoch": 0, "batches": 5})
+    loader.batch_sampler.sampler.set_epoch(1)
+    assert as_lists(loader) == epoch_batches(1)
 
 
 def test_skipped_batches_are_never_loaded():
     dataset = RecordingDataset(NUM_EXAMPLES)
     loader = make_loader(dataset=dataset)
     loader.batch_sampler.sampler.set_epoch(1)
-    loader.load_state_dict({"batches": 3})
+    loader.load_state_dict({"epoch": 1, "batches": 3})
     batches = as_lists(loader)
     remaining = [index for batch in epoch_batches(1)[3:] for index in batch]
     assert batches == epoch_batches(1)[3:]
@@ -175,7 +178,7 @@ def test_the_length_stays_the_whole_pass_after_load_state_dict():
     # Lightning adds the batches already trained to its own count on resume, so a
     # shortened len() would end the resumed epoch early.
     loader = make_loader()
-    loader.load_state_dict({"batches": 3})
+    loader.load_state_dict({"epoch": 0, "batches": 3})
     assert len(loader) == 5
 
 
@@ -214,9 +217,9 @@ def test_lightning_reinstantiation_with_a_distributed_sampler_keeps_both_resumab
     assert (rebuilt.batch_sampler.batch_size, rebuilt.batch_sampler.drop_last) == (BATCH_SIZE, False)
     assert as_lists(rebuilt) == [[1, 3], [5, 7], [9]]
     # The skip counts this device's batches.
-    rebuilt.load_state_dict({"batches": 1})
+    rebuilt.load_state_dict({"epoch": 0, "batches": 1})
     assert as_lists(rebuilt) == [[5, 7], [9]]
-    assert rebuilt.state_dict() == {"batches": 3}
+    assert rebuilt.state_dict() == {"epoch": 0, "batches": 3}
 
 
 class RecordingModule(lightning.LightningModule):
@@ -251,11 +254,6 @@ def fit(root, module, ckpt_path=None):
     return trainer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the epoch-0 count saved at its last batch is applied to epoch 1, whose first batches are skipped",
-)
 def test_resuming_from_a_step_checkpoint_on_an_epochs_last_batch_trains_the_next_epoch_whole(tmp_path):
     uninterrupted = RecordingModule()
     fit(tmp_path / "a", uninterrupted)
