@@ -120,6 +120,30 @@ class BaseModelSpec:
         return base_model_folder(self.model_name_or_path, self.gguf_file, self.random_init, self.seed)
 
 
+def trained_quantization(adapter_dir: str | Path) -> QuantizationSettings:
+    """How the base was stored while the adapter trained; ``none`` when unrecorded."""
+    if training_config(adapter_dir) is None:
+        return QuantizationSettings(mode="none")
+    return BaseModelSpec.of_adapter(adapter_dir).quantization
+
+
+def trained_template(adapter_dir: str | Path) -> str:
+    """The ``data.template`` the adapter trained with (``auto`` when unrecorded)."""
+    data = (training_config(adapter_dir) or {}).get("data") or {}
+    return data.get("init_args", data).get("template", "auto")
+
+
+def adapter_tokenizer_source(adapter_dir: str | Path | None, spec: BaseModelSpec) -> tuple[str, str | None]:
+    """Where the tokenizer trained with is, as ``(name_or_path, gguf_file)``: the
+    adapter's own copy (chat template included), else the base's (adapters from
+    elsewhere often carry none, and the base alone has no adapter)."""
+    from lit_lora.tokenizer import tokenizer_source
+
+    if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file():
+        return str(adapter_dir), None
+    return tokenizer_source(spec.model_name_or_path, spec.gguf_file, spec.tokenizer_name_or_path)
+
+
 def base_spec(adapters: list[str | Path], base: str | None, gguf_file: str | None) -> BaseModelSpec:
     """The base to load adapters onto: ``base`` when given, else the first adapter's.
 

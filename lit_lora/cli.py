@@ -22,8 +22,8 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from lit_lora.adapter_dir import is_adapter_dir
 from lit_lora.callbacks.export import AdapterExport
-from lit_lora.commands import COMMANDS, run_command
 from lit_lora.callbacks.predictions import PredictionWriter
+from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
 from lit_lora.tokenizer import tokenizer_source

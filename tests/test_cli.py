@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
-
 from safetensors.torch import load_file
 
 from lit_lora import LoRAModule

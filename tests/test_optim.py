@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from lit_lora.errors import ConfigError
-from lit_lora.optim import LRSchedule, parameter_groups, resync_learning_rates, scale_group_learning_rates
+from lit_lora.optim import (
+    LRSchedule,
+    parameter_groups,
+    resync_learning_rates,
+    scale_group_learning_rates,
+)
 
 
 def test_cosine_schedule_exact_values():

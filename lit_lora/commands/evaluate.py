@@ -22,15 +22,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_lora.adapter_dir import base_spec, check_adapter_dir
-from lit_lora.commands.merge import adapter_tokenizer, trained_quantization
-from lit_lora.data.render import has_chat_template
+from lit_lora.adapter_dir import (
+    BaseModelSpec,
+    adapter_tokenizer_source,
+    base_spec,
+    check_adapter_dir,
+    trained_quantization,
+    trained_template,
+)
+from lit_lora.data.render import has_chat_template, resolve_template
 from lit_lora.errors import ConfigError
 from lit_lora.eval_tasks import TASKS_DIR
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.tokenizer import load_tokenizer, tokenizer_source
+from lit_lora.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
@@ -49,7 +56,7 @@ def evaluate(
     quantized: bool = True,
     apply_chat_template: bool | None = None,
     num_fewshot: int | None = None,
-    limit: int | float | None = None,
+    limit: float | None = None,
     batch_size: int | Literal["auto"] = 8,
     output: str | None = None,
 ) -> dict[str, Any]:
@@ -57,16 +64,17 @@ def evaluate(
 
     Prints one row per task and metric with the score of each model, and returns
     (and with ``--output`` writes) lm-eval's full results. Needs the ``eval`` extra
-    (``pip install 'lit_lora[eval]'``). lit_lora's own tasks run offline:
-    ``lit_lora_json_extraction`` (likelihood of the reference answers to the
-    quickstart's held-out prompts), ``lit_lora_json_extraction_gen`` (greedy answers
-    to them, exact match), or both as ``lit_lora``.
+    (``pip install 'lit_lora[eval]'``).
 
     Args:
         tasks: lm-eval task, group or tag names: a list (``'[mmlu, lit_lora]'``) or
-            lm-eval's comma-separated form (``mmlu,lit_lora``). Hub-hosted tasks such
-            as ``mmlu`` or ``hellaswag`` download their data once, so they need the
-            network or a copy in the ``datasets`` cache (then set ``HF_DATASETS_OFFLINE=1``).
+            lm-eval's comma-separated form (``mmlu,lit_lora``). lit_lora's own tasks
+            run offline: ``lit_lora_json_extraction`` (likelihood of the reference
+            answers to the quickstart's held-out prompts), ``lit_lora_json_extraction_gen``
+            (greedy answers to them, exact match), or both as ``lit_lora``. Hub-hosted
+            tasks such as ``mmlu`` or ``hellaswag`` download their data once, so they
+            need the network or a copy in the ``datasets`` cache (then set
+            ``HF_DATASETS_OFFLINE=1``).
         adapter: Adapter folder written by ``fit`` (``<default_root_dir>/adapter``) or
             any PEFT LoRA adapter folder. Null scores the base model alone (``--base``
             is then required).
@@ -78,13 +86,16 @@ def evaluate(
             ``dataset_kwargs.data_files`` are read relative to the current directory.
         include_base: Also score the base model without the adapter, in the same run
             and from the same loaded model (the adapter is switched off for that pass).
+            Without ``--adapter`` the base is what is scored anyway.
         quantized: Load the base quantized as the adapter was trained (e.g. 4-bit NF4
             for QLoRA), so the scores are those of the model training validated. False
-            loads the full-precision weights, as a merged model would have them.
+            loads the weights unquantized, as a merged model has them.
         apply_chat_template: Render each prompt as a user turn with the tokenizer's chat
             template (few-shot examples as earlier turns), as chat fine-tunes are
-            trained; null applies it when the tokenizer has one. Set it to false for
-            the plain-text prompts that published lm-eval scores use.
+            trained. Null does as the adapter was trained: on unless its
+            ``training_config.yaml`` says ``data.template: plain`` or the tokenizer
+            has no template. False gives the plain-text prompts that published
+            lm-eval scores use.
         num_fewshot: Examples put before each prompt; null keeps each task's default.
         limit: Score only the first ``limit`` documents of each task, or this fraction
             of them when below 1 (quick checks; the scores are then not comparable).
@@ -97,24 +108,22 @@ def evaluate(
         results dictionary; ``runs`` holds only the models that were scored.
     """
     names = task_names(tasks)
-    check_counts(num_fewshot, limit, batch_size)
-    adapter_dir = check_adapter_dir(adapter, "--adapter") if adapter is not None else None
+    check_settings(num_fewshot, limit, batch_size, output)
+    adapter_dir = (
+        check_adapter_dir(adapter, "--adapter") if adapter is not None else None
+    )
     task_manager = build_task_manager(include_path)
     check_task_names(names, task_manager)
     spec = base_spec([adapter_dir] if adapter_dir is not None else [], base, gguf_file)
-    if adapter_dir is not None:
-        tokenizer = adapter_tokenizer(adapter_dir, spec)
-        trained = trained_quantization(adapter_dir)
-    else:
-        tokenizer = load_tokenizer(*tokenizer_source(spec.model_name_or_path, spec.gguf_file, spec.tokenizer_name_or_path))
-        trained = QuantizationSettings(mode="none")
-    chat = resolve_chat_template(apply_chat_template, tokenizer)
+    tokenizer = load_tokenizer(*adapter_tokenizer_source(adapter_dir, spec))
+    chat = resolve_chat_template(apply_chat_template, tokenizer, adapter_dir)
+    trained = (
+        trained_quantization(adapter_dir)
+        if adapter_dir is not None
+        else QuantizationSettings(mode="none")
+    )
     quantization = trained if quantized else replace(trained, mode="none")
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_base_model(spec.folder(), quantization, device)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
+    model = load_model(adapter_dir, spec, quantization)
 
     from lm_eval.models.huggingface import HFLM
 
@@ -130,10 +139,10 @@ def evaluate(
         "apply_chat_template": chat,
         "fewshot_as_multiturn": chat,
     }
-    runs = {}
-    if adapter_dir is None:
-        runs["base"] = run_harness(lm, settings)
+    if not isinstance(model, PeftModel):
+        runs = {"base": run_harness(lm, settings)}
     else:
+        runs = {}
         if include_base:
             with model.disable_adapter():
                 runs["base"] = run_harness(lm, settings)
@@ -155,6 +164,23 @@ def evaluate(
     return report
 
 
+def load_model(
+    adapter_dir: Path | None, spec: BaseModelSpec, quantization: QuantizationSettings
+) -> PreTrainedModel | PeftModel:
+    """The base model on the fastest device, with the adapter on it when there is one.
+
+    Args:
+        adapter_dir: The adapter folder, or None when scoring the base alone.
+        spec: The base model.
+        quantization: How the base weights are stored.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_base_model(spec.folder(), quantization, device)
+    if adapter_dir is None:
+        return model
+    return PeftModel.from_pretrained(model, adapter_dir)
+
+
 def task_names(tasks: list[str] | str) -> list[str]:
     """The task names in ``tasks``, splitting lm-eval's comma-separated form.
 
@@ -167,24 +193,40 @@ def task_names(tasks: list[str] | str) -> list[str]:
     entries = tasks.split(",") if isinstance(tasks, str) else tasks
     names = [name.strip() for name in entries if name.strip()]
     if not names:
-        raise ConfigError("--tasks: no task given. Name at least one, such as --tasks lit_lora_json_extraction.")
+        raise ConfigError(
+            "--tasks: no task given. Name at least one, such as --tasks lit_lora_json_extraction."
+        )
     return names
 
 
-def check_counts(num_fewshot: int | None, limit: int | float | None, batch_size: int | str) -> None:
-    """Fail on a count lm-eval would only reject, or misread, after the model has loaded.
+def check_settings(
+    num_fewshot: int | None,
+    limit: float | None,
+    batch_size: int | str,
+    output: str | None,
+) -> None:
+    """Fail on a value that lm-eval, or writing the results, would only reject after the run.
 
     Args:
         num_fewshot: Few-shot examples per prompt.
         limit: Documents per task, or a fraction of them.
         batch_size: Requests per forward pass.
+        output: The results file.
     """
     if num_fewshot is not None and num_fewshot < 0:
-        raise ConfigError(f"--num_fewshot: {num_fewshot} is negative; use 0 or more, or leave it unset.")
+        raise ConfigError(
+            f"--num_fewshot: {num_fewshot} is negative; use 0 or more, or leave it unset."
+        )
     if limit is not None and not limit > 0:
-        raise ConfigError(f"--limit: {limit} scores no document; use a count, a fraction in (0, 1), or leave it unset.")
+        raise ConfigError(
+            f"--limit: {limit:g} scores no document; use a count, a fraction in (0, 1), or leave it unset."
+        )
     if isinstance(batch_size, int) and batch_size < 1:
         raise ConfigError(f"--batch_size: {batch_size} must be at least 1 (or 'auto').")
+    if output is not None and Path(output).expanduser().is_dir():
+        raise ConfigError(
+            f"--output: '{output}' is a folder; name the JSON file to write, such as {Path(output) / 'eval.json'}."
+        )
 
 
 def build_task_manager(include_path: list[str] | str | None) -> TaskManager:
@@ -203,11 +245,20 @@ def build_task_manager(include_path: list[str] | str | None) -> TaskManager:
             f"evaluate needs EleutherAI's lm-evaluation-harness, which is not installed ({error}). "
             f"Install lit_lora's eval extra: {INSTALL_HINT}"
         ) from None
-    folders = [include_path] if isinstance(include_path, str) else list(include_path or [])
+    folders = (
+        [include_path] if isinstance(include_path, str) else list(include_path or [])
+    )
     for folder in folders:
         if not Path(folder).expanduser().is_dir():
-            raise ConfigError(f"--include_path: '{folder}' is not a folder. Point it at a folder of lm-eval task YAML files.")
-    return TaskManager(include_path=[str(TASKS_DIR), *(str(Path(folder).expanduser()) for folder in folders)])
+            raise ConfigError(
+                f"--include_path: '{folder}' is not a folder. Point it at a folder of lm-eval task YAML files."
+            )
+    return TaskManager(
+        include_path=[
+            str(TASKS_DIR),
+            *(str(Path(folder).expanduser()) for folder in folders),
+        ]
+    )
 
 
 def check_task_names(names: list[str], task_manager: TaskManager) -> None:
@@ -225,7 +276,11 @@ def check_task_names(names: list[str], task_manager: TaskManager) -> None:
         if name in known:
             continue
         near = difflib.get_close_matches(name, known, n=5)
-        shipped = sorted(entry for entry in known if entry.startswith("lit_lora"))
+        shipped = sorted(
+            task
+            for task, entry in task_manager.task_index.items()
+            if entry.yaml_path is not None and Path(entry.yaml_path).parent == TASKS_DIR
+        )
         raise ConfigError(
             f"--tasks: unknown task '{name}'. Close matches: {', '.join(near) or 'none'}; lit_lora's offline "
             f"tasks: {', '.join(shipped)}. `lm-eval ls tasks` lists all of lm-eval's; add a folder of your "
@@ -233,18 +288,25 @@ def check_task_names(names: list[str], task_manager: TaskManager) -> None:
         )
 
 
-def resolve_chat_template(apply_chat_template: bool | None, tokenizer: Any) -> bool:
-    """Whether prompts are rendered with the chat template; null follows the tokenizer.
+def resolve_chat_template(
+    apply_chat_template: bool | None,
+    tokenizer: PreTrainedTokenizerBase,
+    adapter_dir: Path | None,
+) -> bool:
+    """Whether prompts are rendered with the chat template; null: as the adapter trained.
 
     Args:
         apply_chat_template: The setting as given.
         tokenizer: The tokenizer the adapter was trained with.
+        adapter_dir: The adapter folder, whose ``training_config.yaml`` records the
+            ``data.template`` it trained with; None when scoring the base alone.
 
     Raises:
         ConfigError: The template is asked for and the tokenizer has none.
     """
     if apply_chat_template is None:
-        return has_chat_template(tokenizer)
+        template = trained_template(adapter_dir) if adapter_dir is not None else "auto"
+        return resolve_template(template, tokenizer) == "chat"
     if apply_chat_template and not has_chat_template(tokenizer):
         raise ConfigError(
             f"--apply_chat_template: tokenizer '{tokenizer.name_or_path}' has no chat template. "
@@ -279,14 +341,22 @@ def format_table(runs: dict[str, dict[str, Any]]) -> str:
             for key, value in metrics.items():
                 metric, _, filter_name = key.partition(",")
                 if not filter_name or metric.endswith("_stderr"):
-                    continue  # "alias" and the standard errors (kept in the results)
+                    # Keys without a filter ("alias", "sample_len") describe the task;
+                    # standard errors stay in the results file.
+                    continue
                 label = metric if filter_name == "none" else f"{metric} ({filter_name})"
                 arrow = {True: " ↑", False: " ↓"}.get(better.get(metric), "")
                 rows.setdefault((task, label + arrow), {})[run] = format_score(value)
     header = ["task", "metric", *runs]
-    table = [header] + [[task, label, *(cells.get(run, "-") for run in runs)] for (task, label), cells in rows.items()]
+    table = [header] + [
+        [task, label, *(cells.get(run, "-") for run in runs)]
+        for (task, label), cells in rows.items()
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in table
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -297,7 +367,11 @@ def format_score(value: Any) -> str:
     Args:
         value: One metric value from lm-eval's results.
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    ):
         return f"{value:.4f}"
     return str(value)
 
@@ -313,5 +387,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # lm-eval's results hold numpy numbers and other objects json cannot write as such.
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=handle_non_serializable))
+    path.write_text(
+        json.dumps(
+            report, indent=2, ensure_ascii=False, default=handle_non_serializable
+        )
+    )
     print(f"lit_lora: results written to {path}")

@@ -26,11 +26,12 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_lora.adapter_dir import (
     BaseModelSpec,
+    adapter_tokenizer_source,
     base_spec,
     check_adapter_dir,
-    training_config,
+    trained_quantization,
+    trained_template,
 )
-from lit_lora.commands.merge import trained_quantization
 from lit_lora.data import SFTDataModule
 from lit_lora.data.collate import PromptExample
 from lit_lora.data.formats import (
@@ -43,7 +44,6 @@ from lit_lora.errors import ConfigError
 from lit_lora.generation import Sampling, answer_prompts, end_token_ids
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.tokenizer import tokenizer_source
 
 PromptFormat = Literal["prompt_completion", "messages"]
 
@@ -536,34 +536,6 @@ def encode_prompts(
                 examples[index] = example
             tokenizer = data.tokenizer
     return examples, tokenizer
-
-
-def adapter_tokenizer_source(
-    adapter: Path, spec: BaseModelSpec
-) -> tuple[str, str | None]:
-    """Where the tokenizer trained with is, as ``(name_or_path, gguf_file)``.
-
-    The adapter's own copy (chat template included) when it has one, else the base's.
-
-    Args:
-        adapter: An adapter folder.
-        spec: The base it was trained on.
-    """
-    if (adapter / "tokenizer_config.json").is_file():
-        return str(adapter), None
-    return tokenizer_source(
-        spec.model_name_or_path, spec.gguf_file, spec.tokenizer_name_or_path
-    )
-
-
-def trained_template(adapter: Path) -> str:
-    """The ``data.template`` the adapter trained with (``auto`` when unrecorded).
-
-    Args:
-        adapter: An adapter folder.
-    """
-    data = (training_config(adapter) or {}).get("data") or {}
-    return data.get("init_args", data).get("template", "auto")
 
 
 @contextmanager

@@ -14,18 +14,18 @@ from typing import Literal
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from peft import PeftModel
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig
 
 from lit_lora.adapter_dir import (
-    BaseModelSpec,
+    adapter_tokenizer_source,
     base_spec,
     check_adapter_dir,
-    training_config,
+    trained_quantization,
 )
 from lit_lora.errors import ConfigError
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.tokenizer import load_tokenizer, tokenizer_source
+from lit_lora.tokenizer import load_tokenizer
 
 
 def merge(
@@ -80,7 +80,7 @@ def merge(
             "training and validation measured. Evaluate the merged model."
         )
 
-    tokenizer = adapter_tokenizer(adapter_dir, spec)
+    tokenizer = load_tokenizer(*adapter_tokenizer_source(adapter_dir, spec))
     model = load_base_model(
         folder,
         QuantizationSettings(mode="none", compute_dtype=dtype),
@@ -134,22 +134,3 @@ def check_full_precision(folder: str) -> None:
         )
 
 
-def trained_quantization(adapter_dir: Path) -> QuantizationSettings:
-    """How the base was stored while the adapter trained; ``none`` when unrecorded."""
-    if training_config(adapter_dir) is None:
-        return QuantizationSettings(mode="none")
-    return BaseModelSpec.of_adapter(adapter_dir).quantization
-
-
-def adapter_tokenizer(
-    adapter_dir: Path, spec: BaseModelSpec
-) -> PreTrainedTokenizerBase:
-    """The tokenizer trained with: the adapter's copy, chat template included, else
-    the base's (adapters from elsewhere often carry none)."""
-    if (adapter_dir / "tokenizer_config.json").is_file():
-        return load_tokenizer(str(adapter_dir))
-    return load_tokenizer(
-        *tokenizer_source(
-            spec.model_name_or_path, spec.gguf_file, spec.tokenizer_name_or_path
-        )
-    )

@@ -4,7 +4,12 @@ from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.datamodule import SFTDataModule
 from lit_lora.data.encode import IGNORE_INDEX, Example, encode_segments, sequence_prefix
 from lit_lora.data.files import check_data_path, load_split
-from lit_lora.data.formats import FORMAT_COLUMNS, detect_format, resolve_format, to_conversation
+from lit_lora.data.formats import (
+    FORMAT_COLUMNS,
+    detect_format,
+    resolve_format,
+    to_conversation,
+)
 from lit_lora.data.render import Segment, render_chat, resolve_template
 
 __all__ = [

@@ -22,7 +22,6 @@ from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.source import check_model_source
 from lit_lora.optim import (
     LRSchedule,
     default_optimizer,
@@ -31,8 +30,8 @@ from lit_lora.optim import (
     scale_group_learning_rates,
 )
 from lit_lora.rng import rng_states, set_rng_states
+from lit_lora.source import check_model_source
 from lit_lora.tokenizer import load_tokenizer, tokenizer_source
-
 
 # Checkpoints store the constructor's settings as hyperparameters; allow these
 # dataclasses through torch.load's default weights-only unpickler.

@@ -11,9 +11,9 @@ from pathlib import Path
 import docstring_parser
 import pytest
 import torch
-from conftest import TINY_MODEL, write_tiny_adapter
 from peft import PeftModel
 from safetensors.torch import load_file
+from tiny import TINY_MODEL, write_tiny_adapter
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lit_lora import LoRAModule, LoRASettings

@@ -5,11 +5,10 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import pytest
 import torch
+from bitsandbytes.functional import has_avx512bf16
 from lightning.pytorch import Trainer
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-
-from bitsandbytes.functional import has_avx512bf16
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
