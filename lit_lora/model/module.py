@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from lit_lora.adapter_dir import check_adapter_dir
 from lit_lora.errors import ConfigError
-from lit_lora.generation import generate_texts
+from lit_lora.generation import end_token_ids, generate_texts
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import token_loss_sum
@@ -279,7 +279,8 @@ class LoRAModule(LightningModule):
         ]
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | None = None) -> list[str]:
-        """Greedy continuations of left-padded prompts with the current adapter.
+        """Greedy continuations of left-padded prompts with the current adapter, each ending
+        at EOS or at the chat template's end-of-turn token.
 
         Args:
             input_ids: ``(B, T)`` left-padded prompt ids.
@@ -287,7 +288,8 @@ class LoRAModule(LightningModule):
             max_new_tokens: Overrides the module's ``max_new_tokens``.
         """
         limit = max_new_tokens or self.max_new_tokens
-        return generate_texts(self.model, self.tokenizer, input_ids, attention_mask, limit)
+        stop = end_token_ids(self.tokenizer)
+        return generate_texts(self.model, self.tokenizer, input_ids, attention_mask, limit, stop_token_ids=stop)
 
     # ------------------------------------------------------------------ optimisation
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
