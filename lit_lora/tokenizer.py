@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_lora.source import resolve_model_folder
@@ -20,12 +26,14 @@ def tokenizer_source(
     return model_name_or_path, gguf_file
 
 
-def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
-    """Load a tokenizer, giving it a pad token when it has none.
+# Tokens already in many vocabularies that are made for padding or harmless there,
+# most specific first: Llama 3's reserved fine-tuning pad, the usual pad spellings,
+# and GPT-style end of text (for ChatML models whose EOS is <|im_end|>).
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>")
 
-    Padding never decides what is trained (the collator writes -100 into the labels of
-    padded positions explicitly), so reusing EOS as the pad token is safe and avoids
-    adding a token, which would resize the embeddings of a frozen base.
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer, giving it a pad token when it has none (see ``choose_pad_token``).
 
     Args:
         name_or_path: A local folder or hub id holding the tokenizer files.
@@ -33,6 +41,63 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTraine
     """
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(name_or_path, gguf_file))
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = choose_pad_token(tokenizer)
+        _info_once(_pad_message(tokenizer))
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def choose_pad_token(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Pick a pad token from the tokenizer's own vocabulary, never adding one.
+
+    A new token would resize the embeddings of a frozen base model. Preferred is the
+    first of ``PAD_CANDIDATES`` in the vocabulary, then the unknown token, as long as it
+    is neither EOS nor BOS, so a pad id never reads as the end or start of a text.
+    Failing that, EOS: still safe for training, because the collator masks padded
+    positions by position (label -100, attention 0), so EOS itself stays trained.
+
+    Args:
+        tokenizer: A tokenizer with an EOS token.
+    """
+    vocabulary = tokenizer.get_vocab()
+    reserved = {tokenizer.eos_token, tokenizer.bos_token}
+    for token in (*PAD_CANDIDATES, tokenizer.unk_token):
+        if token is not None and token in vocabulary and token not in reserved:
+            return token
+    return tokenizer.eos_token
+
+
+def _pad_message(tokenizer: PreTrainedTokenizerBase) -> str:
+    name = f"tokenizer '{tokenizer.name_or_path}' has no pad token"
+    if tokenizer.pad_token != tokenizer.eos_token:
+        return f"lit_lora: {name}; padding with its existing token {tokenizer.pad_token!r} (not EOS or BOS)."
+    return (
+        f"lit_lora: {name} and no spare token to pad with; padding with EOS {tokenizer.eos_token!r}. "
+        "This is safe: padded positions are masked by position, so EOS is still trained."
+    )
+
+
+@cache
+def _info_once(message: str) -> None:
+    # The data module and the model module each load the tokenizer; say it once.
+    rank_zero_info(message)
+
+
+@contextmanager
+def one_thread_per_process() -> Iterator[None]:
+    """Keep each process's tokenizer calls on one thread while the block runs.
+
+    Tokenizing a dataset calls the tokenizer once per example with a few short
+    texts; fanning each call out over a thread pool costs more than it saves (about
+    twice the time), and the processes of ``num_proc`` already use the cores.
+    Worker processes started inside the block inherit the setting.
+    """
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous

@@ -1,8 +1,9 @@
-"""Subcommands that are not a Trainer stage: ``merge``, ``generate``, ``evaluate``.
+"""Subcommands that are not a Trainer stage: ``merge``, ``generate``, ``evaluate``, ``preview``.
 
 Each is one function whose signature and Google-style docstring are its command
 line (``python -m lit_lora merge --help``); jsonargparse builds the parser, so the
-options also read from ``--config file.yaml``.
+options also read from ``--config file.yaml``. ``preview`` instead reads a whole
+``fit`` command line, so its function parses the arguments itself.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ COMMANDS = {
     "merge": "lit_lora.commands.merge:merge",
     "generate": "lit_lora.commands.generate:generate",
     "evaluate": "lit_lora.commands.evaluate:evaluate",
+    "preview": "lit_lora.commands.preview:main",
 }
+# Commands whose function takes the raw arguments: their command line is ``fit``'s.
+FIT_COMMAND_LINE = {"preview"}
 
 
 def command(name: str) -> Callable[..., Any]:
@@ -31,4 +35,6 @@ def run_command(name: str, args: Sequence[str]) -> Any:
     from jsonargparse import auto_cli
 
     function = command(name)
+    if name in FIT_COMMAND_LINE:
+        return function(list(args))
     return auto_cli(function, args=list(args), as_positional=False, prog=f"python -m lit_lora {name}")

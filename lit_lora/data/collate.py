@@ -22,7 +22,8 @@ class PromptExample(NamedTuple):
     reference: str
 
 
-def _padded_length(lengths: Sequence[int], multiple: int | None) -> int:
+def padded_length(lengths: Sequence[int], multiple: int | None) -> int:
+    """The padded length T of a batch: its longest row, rounded up to a multiple of ``multiple`` if set."""
     longest = max(lengths)
     return -(-longest // multiple) * multiple if multiple else longest
 
@@ -53,7 +54,7 @@ class SFTCollator:
             ``input_ids`` (pad id at padding), ``attention_mask`` (1 on tokens, 0 on
             padding) and ``labels`` (-100 at padding).
         """
-        length = _padded_length([len(example["input_ids"]) for example in examples], self.pad_to_multiple_of)
+        length = padded_length([len(example["input_ids"]) for example in examples], self.pad_to_multiple_of)
         input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
         labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
+from lit_lora.data.diagnose import row_location
 from lit_lora.data.encode import Example, encode_segments, sequence_prefix
 from lit_lora.data.files import check_data_path, load_split
 from lit_lora.data.formats import (
@@ -24,9 +26,11 @@ from lit_lora.data.formats import (
     alpaca_input,
     check_format_name,
     resolve_format,
+    response_field,
     text_field,
     to_conversation,
 )
+from lit_lora.data.packing import PackedCollator, PackedDataset, PackingSampler
 from lit_lora.data.render import (
     Segment,
     check_template_name,
@@ -37,10 +41,11 @@ from lit_lora.data.render import (
     resolve_template,
 )
 from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
-from lit_lora.data.sampler import EpochShuffleSampler
+from lit_lora.data.sampler import EpochShuffleSampler, LengthGroupedSampler
 from lit_lora.data.split import holdout_split
+from lit_lora.data.stats import SplitStats, format_stats, split_stats
 from lit_lora.errors import ConfigError
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.tokenizer import load_tokenizer, one_thread_per_process
 
 Split = Literal["train", "validation", "test", "predict"]
 
@@ -67,7 +72,14 @@ _NOT_IN_EXAMPLES = (
     "num_proc",
     "pad_to_multiple_of",
     "seed",
+    "packing",
+    "group_by_length",
 )
+
+
+def _lengths(examples: Dataset) -> list[int]:
+    """Token count of every example, read from Arrow without materialising the token lists."""
+    return pc.list_value_length(examples.with_format("arrow")["input_ids"]).to_pylist()
 
 
 @dataclass
@@ -116,7 +128,7 @@ class SFTDataModule(LightningDataModule):
             example left with no response token is dropped with a warning.
         train_on_prompt: Also train on prompt tokens (system and user turns, template
             text), not just on the responses.
-        batch_size: Training examples per batch.
+        batch_size: Training examples per batch; with ``packing``, packed sequences per batch.
         eval_batch_size: Examples per validation, test and predict batch; unset uses
             ``batch_size``.
         num_workers: DataLoader worker processes; 0 loads batches in the main process.
@@ -125,6 +137,16 @@ class SFTDataModule(LightningDataModule):
         pad_to_multiple_of: Round each batch's padded length up to a multiple of this
             (8 suits tensor cores); unset pads to the longest example in the batch.
         seed: Seeds the training shuffle and the ``val_fraction`` split.
+        packing: Pack several training examples into each sequence of up to
+            ``max_length`` tokens (best fit, examples never split), so no compute goes
+            to padding. The examples do not attend to each other and their positions
+            restart, so the loss is that of the same examples unpacked; the model's
+            attention must honour ``position_ids`` (eager, sdpa and flash_attention_2
+            do). Each epoch repacks from its shuffle (examples of equal length trade
+            packs) and shuffles the packs. Validation and test batches are not packed.
+        group_by_length: Batch training examples of similar length together (within
+            groups of 50 batches of the shuffled order) to cut padding: the lighter
+            alternative to ``packing``, which it cannot be combined with.
         tokenizer_name_or_path: Folder or hub id of the tokenizer. The CLI fills it in
             from ``model.model_name_or_path``; set it only to use the data module alone.
         gguf_file: GGUF file inside ``tokenizer_name_or_path`` whose tokenizer to use.
@@ -150,6 +172,8 @@ class SFTDataModule(LightningDataModule):
         num_proc: int | None = None,
         pad_to_multiple_of: int | None = None,
         seed: int = 42,
+        packing: bool = False,
+        group_by_length: bool = False,
         tokenizer_name_or_path: str | None = None,
         gguf_file: str | None = None,
     ) -> None:
@@ -170,6 +194,11 @@ class SFTDataModule(LightningDataModule):
             raise ConfigError(
                 f"data.val_fraction: {val_fraction} is set together with data.val_file '{val_file}'. "
                 "Fix: set only one of them."
+            )
+        if packing and group_by_length:
+            raise ConfigError(
+                "data.packing and data.group_by_length are both set. Fix: set only one; "
+                "packing leaves no padding to group away."
             )
         check_format_name(format, self.format_columns)
         check_template_name(template)
@@ -198,11 +227,15 @@ class SFTDataModule(LightningDataModule):
         self.num_proc = num_proc
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
+        self.packing = packing
+        self.group_by_length = group_by_length
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.gguf_file = gguf_file
         self.tokenizer: PreTrainedTokenizerBase | None = None
         # Examples dropped for lack of a trained token within max_length, per split.
         self.dropped: dict[str, int] = {}
+        # Statistics of each split read from its own data (see lit_lora.data.stats).
+        self.stats: dict[str, SplitStats] = {}
         self._mode: Literal["chat", "plain"] | None = None
         self._prefix: list[int] = []
         self._splits: dict[str, _Part | None] = {}
@@ -237,10 +270,10 @@ class SFTDataModule(LightningDataModule):
             return render_chat(self.to_conversation(row, format), self.tokenizer)
         eos = self.tokenizer.eos_token
         if format == "prompt_completion":
-            return render_plain_prompt_completion(text_field(row, "prompt"), text_field(row, "completion"), eos)
+            return render_plain_prompt_completion(text_field(row, "prompt"), response_field(row, "completion"), eos)
         if format == "alpaca":
             return render_plain_alpaca(
-                text_field(row, "instruction"), alpaca_input(row), text_field(row, "output"), eos
+                text_field(row, "instruction"), alpaca_input(row), response_field(row, "output"), eos
             )
         return render_plain_messages(self.to_conversation(row, format), eos)
 
@@ -264,15 +297,25 @@ class SFTDataModule(LightningDataModule):
         """
         for split in _STAGE_SPLITS[stage]:
             self._split(split)
+        if stage == "fit":
+            fit_stats = {split: self.stats[split] for split in _STAGE_SPLITS["fit"] if split in self.stats}
+            rank_zero_info(f"Data statistics:\n{format_stats(fit_stats)}")
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, right-padded training batches; each epoch's order is fixed by ``seed``."""
+        """Shuffled training batches, right-padded or packed; each epoch's order is fixed by ``seed``."""
         examples = self._split("train").examples
-        sampler = EpochShuffleSampler(len(examples), self.seed)
+        dataset, collate = examples, self._collator()
+        if self.packing:
+            sampler = PackingSampler(_lengths(examples), self.max_length, self.seed)
+            dataset, collate = PackedDataset(examples), PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        elif self.group_by_length:
+            sampler = LengthGroupedSampler(_lengths(examples), self.batch_size, self.seed)
+        else:
+            sampler = EpochShuffleSampler(len(examples), self.seed)
         return ResumableDataLoader(
-            examples,
+            dataset,
             batch_sampler=ResumableBatchSampler(sampler, self.batch_size, drop_last=False),
-            collate_fn=self._collator(),
+            collate_fn=collate,
             num_workers=self.num_workers,
             generator=self._generator(),
         )
@@ -381,7 +424,7 @@ class SFTDataModule(LightningDataModule):
     def _load_train_file(self) -> None:
         """Prepare the train split, and the validation split when it is held out of the training file."""
         part = self._read("data.train_file", self.train_file, "train")
-        rows: Sequence[int] = range(len(part.rows))
+        rows: Sequence[int] | np.ndarray = range(len(part.rows))
         if self.val_fraction > 0:
             rows, held_out = holdout_split(len(rows), self.val_fraction, self.seed)
             self._splits["validation"] = self._keep_supervised("validation", part, held_out)
@@ -401,21 +444,24 @@ class SFTDataModule(LightningDataModule):
         rows = load_split(value, field, default_split)
         source = f"{field} '{value}'"
         format = resolve_format(self.format, rows.column_names, source, self.format_columns)
-        examples = rows.map(
-            self._detached()._encode_row,
-            with_indices=True,
-            fn_kwargs={"format": format, "source": source},
-            remove_columns=rows.column_names,
-            num_proc=self.num_proc,
-            desc=f"Tokenizing {source}",
-        )
+        with one_thread_per_process():
+            examples = rows.map(
+                self._detached()._encode_row,
+                with_indices=True,
+                fn_kwargs={"format": format, "source": source, "path": value},
+                remove_columns=rows.column_names,
+                num_proc=self.num_proc,
+                desc=f"Tokenizing {source}",
+            )
         return _Part(rows, examples, format, source)
 
-    def _keep_supervised(self, split: Split, part: _Part, rows: Sequence[int] | None = None) -> _Part:
+    def _keep_supervised(self, split: Split, part: _Part, rows: Sequence[int] | np.ndarray | None = None) -> _Part:
         """Select rows of a file, dropping (and counting, and warning about) those with nothing to train."""
-        rows = range(len(part.rows)) if rows is None else rows
-        supervised = np.asarray(part.examples["num_supervised"])[list(rows)]
-        kept = [row for row, count in zip(rows, supervised, strict=True) if count > 0]
+        rows = np.arange(len(part.rows)) if rows is None else np.asarray(rows)
+        self.stats[split] = split_stats(part.examples, rows)
+        # Read through Arrow into one array: millions of rows never become Python ints.
+        supervised = part.examples.with_format("arrow", columns=["num_supervised"])[:]["num_supervised"].to_numpy()
+        kept = rows[supervised[rows] > 0]
         self.dropped[split] = len(rows) - len(kept)
         if self.dropped[split]:
             rank_zero_warn(
@@ -460,14 +506,16 @@ class SFTDataModule(LightningDataModule):
         clone = copy.copy(self)
         clone.__dict__.update(dict.fromkeys(_NOT_IN_EXAMPLES))
         clone.dropped = {}
+        clone.stats = {}
         clone._splits = {}
         return clone
 
-    def _encode_row(self, row: dict[str, Any], index: int, format: str, source: str) -> Example:
+    def _encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
         try:
             segments = self.render(row, format)
         except ConfigError as error:
-            raise ConfigError(f"{source}, row {index}: {error}") from error
+            # Only a failing row pays for finding its line in the file.
+            raise ConfigError(f"{source}, {row_location(path, index)}: {error}") from error
         if self.train_on_prompt:
             segments = [Segment(segment.text, True) for segment in segments]
         return self.encode(segments, self.max_length)

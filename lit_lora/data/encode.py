@@ -28,11 +28,13 @@ class Example(TypedDict):
         labels: Length T; the token id where trained, -100 elsewhere.
         num_supervised: How many tokens the loss counts: trained labels after position 0,
             which no earlier token predicts.
+        truncated: Whether tokens past ``max_length`` were cut off.
     """
 
     input_ids: list[int]
     labels: list[int]
     num_supervised: int
+    truncated: bool
 
 
 def sequence_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -73,9 +75,11 @@ def encode_segments(
     for segment, piece in zip(segments, pieces, strict=True):
         input_ids += piece
         labels += piece if segment.trained else [IGNORE_INDEX] * len(piece)
+    truncated = max_length is not None and len(input_ids) > max_length
     input_ids, labels = input_ids[:max_length], labels[:max_length]
     return {
         "input_ids": input_ids,
         "labels": labels,
         "num_supervised": sum(label != IGNORE_INDEX for label in labels[1:]),
+        "truncated": truncated,
     }

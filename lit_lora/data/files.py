@@ -4,6 +4,15 @@ A setting names a local file when it has a known extension (``.jsonl``, ``.json`
 ``.csv``, ``.parquet``), starts with ``.``, ``/`` or ``~``, contains a backslash or
 more than one ``/``, or exists on disk. Anything else is a hub dataset id, ``name``
 or ``org/name``, optionally followed by ``:split``.
+
+Local files are read with the ``datasets`` builders directly (``Dataset.from_json``
+and friends), never through ``load_dataset``, which asks the hub about the builder
+even for a local file. Rows are written to Arrow files on disk, cached by the file's
+path and modification time, so a second run reads them back at once.
+
+Before reading, a local text file must be UTF-8 and non-empty, and every CSV row
+must have one field per header column; a JSON file the reader refuses is scanned to
+name the offending line. See ``lit_lora.data.diagnose``.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from datasets import Dataset, Features, Value, load_dataset
 
+from lit_lora.data.diagnose import check_csv_fields, check_text, find_bad_json
 from lit_lora.errors import ConfigError
 
 # File extension -> the `datasets` builder that reads it.
@@ -78,14 +88,7 @@ def load_split(value: str, field: str, default_split: str) -> Dataset:
     """
     check_data_path(value, field)
     if is_local(value):
-        try:
-            rows = _load_file(Path(value).expanduser())
-        except Exception as error:  # pandas, pyarrow and datasets each raise their own types for a malformed file
-            raise ConfigError(
-                f"{field}: could not read '{value}' ({type(error).__name__}: {error}). Fix: make it "
-                "non-empty, valid JSON Lines (one object per line), a JSON list of objects, a CSV file "
-                "with a header row, or a Parquet file."
-            ) from error
+        rows = _load_file(Path(value).expanduser(), f"{field} '{value}'")
     else:
         name, _, split = value.partition(":")
         split = split or default_split
@@ -102,17 +105,37 @@ def load_split(value: str, field: str, default_split: str) -> Dataset:
     return rows
 
 
-def _load_file(path: Path) -> Dataset:
+def _load_file(path: Path, source: str) -> Dataset:
     builder = BUILDERS[path.suffix.lower()]
-    options = {}
+    if builder != "parquet":
+        check_text(path, source)
     if builder == "csv":
-        # pandas would read "00123" as 123, "NA" and "" as NaN and "True" as a bool;
-        # typing every column as a string and turning NA detection off keeps each field
-        # byte-exact. The header is read with the same parser so the names match.
-        columns = pd.read_csv(path, nrows=0).columns
-        options = {
-            "features": Features({column: Value("string") for column in columns}),
-            "keep_default_na": False,
-            "na_filter": False,
-        }
-    return load_dataset(builder, data_files=str(path), split="train", **options)
+        check_csv_fields(path, source)
+    try:
+        return _read_file(path, builder)
+    except Exception as error:  # pandas, pyarrow and datasets each raise their own types for a malformed file
+        found = find_bad_json(path, source) if builder == "json" else None
+        if found is not None:
+            raise found from error
+        raise ConfigError(
+            f"{source}: could not read the file ({type(error).__name__}: {error}). Fix: make it valid JSON "
+            "Lines (one object per line), a JSON list of objects, a CSV file with a header row, or a "
+            "Parquet file."
+        ) from error
+
+
+def _read_file(path: Path, builder: str) -> Dataset:
+    if builder == "json":
+        return Dataset.from_json(str(path))
+    if builder == "parquet":
+        return Dataset.from_parquet(str(path))
+    # pandas would read "00123" as 123, "NA" and "" as NaN and "True" as a bool;
+    # typing every column as a string and turning NA detection off keeps each field
+    # byte-exact. The header is read with the same parser so the names match.
+    columns = pd.read_csv(path, nrows=0).columns
+    return Dataset.from_csv(
+        str(path),
+        features=Features({column: Value("string") for column in columns}),
+        keep_default_na=False,
+        na_filter=False,
+    )

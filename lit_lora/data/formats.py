@@ -8,7 +8,14 @@ Formats and the columns they read:
 * ``prompt_completion``: ``prompt``, ``completion``.
 * ``alpaca``: ``instruction``, ``output`` and optionally ``input`` (missing, null or
   empty means no input).
-* ``messages``: ``messages``, a list of turns with at least one assistant turn.
+* ``messages``: ``messages``, a list of turns ending with an assistant turn.
+
+Bad rows stop the run with an error naming the field, what was found and the fix,
+rather than being skipped: a text field that is not a string (a JSON number is not
+turned into text, it is refused), a missing field, an empty response (it would
+teach the model to stop at once), an unknown role, a conversation with no
+assistant turn, or one that goes on after its last assistant turn (those turns
+would never be trained on).
 """
 
 from __future__ import annotations
@@ -120,7 +127,32 @@ def text_field(row: Mapping[str, Any], field: str) -> str:
     return _string(row[field], f"field '{field}'")
 
 
+def response_field(row: Mapping[str, Any], field: str) -> str:
+    """Return a response field: a non-empty string.
+
+    Args:
+        row: One example as read from the file.
+        field: The column holding the response (``completion``, ``output``).
+
+    Raises:
+        ConfigError: The value is not a string, or is empty.
+    """
+    return _response(row[field], f"field '{field}'")
+
+
+def _response(value: Any, name: str) -> str:
+    if _string(value, name) == "":
+        raise ConfigError(
+            f"{name} is an empty response, which would train the model to stop at once. "
+            "Fix: write the response, or drop the example."
+        )
+    return value
+
+
 def _string(value: Any, name: str) -> str:
+    if value is None:
+        # Arrow stores a key a row leaves out as null, so the two cannot be told apart.
+        raise ConfigError(f"{name} is missing (or null). Fix: give every example a string value for it.")
     if not isinstance(value, str):
         raise ConfigError(
             f"{name} is {type(value).__name__} {value!r}, not a string. "
@@ -145,13 +177,13 @@ def to_conversation(row: Mapping[str, Any], format: str) -> Conversation:
     if format == "prompt_completion":
         return [
             {"role": "user", "content": text_field(row, "prompt")},
-            {"role": "assistant", "content": text_field(row, "completion")},
+            {"role": "assistant", "content": response_field(row, "completion")},
         ]
     if format == "alpaca":
         instruction, extra = text_field(row, "instruction"), alpaca_input(row)
         return [
             {"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction},
-            {"role": "assistant", "content": text_field(row, "output")},
+            {"role": "assistant", "content": response_field(row, "output")},
         ]
     if format == "messages":
         return check_messages(row["messages"])
@@ -181,7 +213,7 @@ def check_messages(messages: Any) -> Conversation:
 
     Raises:
         ConfigError: It is not a list of turns with known roles and string contents,
-            or has no assistant turn.
+            an assistant turn is empty, or the last turn is not the assistant's.
     """
     if not isinstance(messages, list):
         raise ConfigError(
@@ -200,12 +232,18 @@ def check_messages(messages: Any) -> Conversation:
                 f"messages[{turn}].role is {message['role']!r}; known roles are {', '.join(ROLES)}. "
                 "Fix: rename the role, or drop the turn."
             )
-        conversation.append(
-            {"role": message["role"], "content": _string(message["content"], f"messages[{turn}].content")}
-        )
+        check = _response if message["role"] == "assistant" else _string
+        content = check(message["content"], f"messages[{turn}].content")
+        conversation.append({"role": message["role"], "content": content})
     if not any(message["role"] == "assistant" for message in conversation):
         raise ConfigError(
             "messages has no assistant turn, so nothing would be trained. "
             "Fix: add the assistant's reply, or drop the example."
+        )
+    if conversation[-1]["role"] != "assistant":
+        raise ConfigError(
+            f"messages ends with a {conversation[-1]['role']} turn (messages[{len(conversation) - 1}]) after the "
+            "last assistant reply; it would never be trained on. Fix: end the conversation with the assistant's "
+            "reply, dropping the turns after it, or add the reply."
         )
     return conversation

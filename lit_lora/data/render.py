@@ -7,7 +7,8 @@ trained span: the assistant's content plus whatever end-of-turn text the templat
 writes after it (``<|im_end|>`` and a newline for ChatML), so the model learns to
 stop. Every assistant turn is trained, nothing else.
 
-Plain mode (no chat template, or ``data.template: plain``) renders as below, where
+Plain mode (no chat template, or ``data.template: plain``; with ``auto`` a tokenizer
+without a chat template falls back to it and the log says so) renders as below, where
 ``EOS`` is the tokenizer's end-of-sequence token, ``{field}`` the field's text, and
 every line break is a ``\\n``. Text is untrained up to a ``||``, which switches
 between untrained and trained.
@@ -51,8 +52,9 @@ the blank line after it (``\\n\\n``) untrained again::
     ||{content}EOS||
 
 
-Field text is never stripped or altered. In both modes, turns after the last
-assistant turn are left out: they would only add untrained tokens.
+Field text is never stripped or altered. A conversation must end with an assistant
+turn (``lit_lora.data.formats`` refuses one that does not): turns after it would
+never be trained on.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.data.formats import Conversation
@@ -117,7 +120,8 @@ def resolve_template(template: str, tokenizer: PreTrainedTokenizerBase) -> Liter
     """Decide between chat and plain rendering.
 
     Args:
-        template: ``"auto"`` (chat when the tokenizer has a chat template), ``"chat"`` or ``"plain"``.
+        template: ``"auto"`` (chat when the tokenizer has a chat template, else plain,
+            logged), ``"chat"`` or ``"plain"``.
         tokenizer: The tokenizer examples are rendered for.
 
     Raises:
@@ -129,9 +133,16 @@ def resolve_template(template: str, tokenizer: PreTrainedTokenizerBase) -> Liter
             f"data.template: 'chat', but tokenizer '{tokenizer.name_or_path}' has no chat template. "
             "Fix: set data.template to 'plain' (or 'auto'), or use a chat model's tokenizer."
         )
-    if template == "auto":
-        return "chat" if has_chat_template(tokenizer) else "plain"
-    return template
+    if template != "auto":
+        return template
+    if has_chat_template(tokenizer):
+        return "chat"
+    rank_zero_info(
+        f"lit_lora: tokenizer '{tokenizer.name_or_path}' has no chat template, so examples are rendered with "
+        "the plain template (### User: / ### Assistant:, see lit_lora.data.render). Set data.template: plain "
+        "to choose it explicitly."
+    )
+    return "plain"
 
 
 def render_chat(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) -> list[Segment]:

@@ -1,8 +1,8 @@
-"""The training order: a new shuffle every epoch, reproducible from the seed and the epoch."""
+"""The training order: a new shuffle every epoch, reproducible from the seed and the epoch, optionally grouped by length."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -36,3 +36,30 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_examples
+
+
+class LengthGroupedSampler(EpochShuffleSampler):
+    """Shuffles like :class:`EpochShuffleSampler`, then groups examples of similar length.
+
+    The shuffled order is cut into mega-batches of ``mega_batches * batch_size``
+    examples, each sorted longest first, so consecutive batches of ``batch_size``
+    hold examples of similar length and little padding, while the mix of examples
+    still changes every epoch.
+
+    Args:
+        lengths: Token count of every example.
+        batch_size: Examples per batch.
+        seed: Base seed of the shuffle.
+        mega_batches: Batches per mega-batch: larger groups lengths more tightly and
+            shuffles less.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 50) -> None:
+        super().__init__(len(lengths), seed)
+        self.lengths = list(lengths)
+        self.group = batch_size * mega_batches
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())
+        groups = (order[start : start + self.group] for start in range(0, len(order), self.group))
+        return iter([index for group in groups for index in sorted(group, key=lambda i: -self.lengths[i])])

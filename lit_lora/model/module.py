@@ -189,20 +189,40 @@ class LoRAModule(LightningModule):
         return model
 
     # ------------------------------------------------------------------ objective
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, T, V)`` next-token logits."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, T, V)`` next-token logits.
+
+        Args:
+            input_ids: ``(B, T)`` token ids.
+            attention_mask: ``(B, T)``, 0 on padding.
+            position_ids: ``(B, T)`` positions of packed rows, restarting at 0 for each
+                example (see ``lit_lora.data.packing``), with no ``attention_mask``:
+                transformers then masks attention between the examples.
+        """
+        if position_ids is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        # transformers derives the packed-sequence mask from position_ids only without a
+        # KV cache, and a model may have use_cache on in its config.
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The summed loss of a micro-batch and the count it is normalised by.
 
         Args:
-            batch: ``input_ids``, ``attention_mask`` and ``labels``, each ``(B, T)``.
+            batch: ``input_ids`` and ``labels``, each ``(B, T)``, with ``attention_mask``
+                (padded batches) or ``position_ids`` (packed batches).
 
         Returns:
             ``(loss_sum, count)``; here summed token cross-entropy and supervised tokens.
         """
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
         return token_loss_sum(logits, batch["labels"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ PROMPTS = [
     "<s> <|im_start|> user \n How are you <|im_end|> \n <|im_start|> assistant \n",
 ]
 RESPONSES = ["Hello <|im_end|> \n", "Fine <|im_end|> \n"]
-EOS = VOCAB["<|im_end|>"]
+PAD = VOCAB["<unk>"]  # the tokenizer has no pad token, so load_tokenizer picks its unknown token
 
 
 @pytest.fixture
@@ -60,16 +60,16 @@ def test_setup_and_dataloaders_end_to_end(tmp_path: Path, rows_file: str, chat_p
     train = data.dataset("train")
     data.setup("fit")
     assert data.dataset("train") is train  # setup is idempotent
-    assert data.tokenizer.pad_token_id == EOS
+    assert data.tokenizer.pad_token_id == PAD
 
     batch = next(iter(data.train_dataloader()))
     assert sorted(batch) == ["attention_mask", "input_ids", "labels"]
     assert all(tensor.dtype == torch.long and tensor.shape == (2, 15) for tensor in batch.values())
 
-    # Pad is EOS here: EOS ends each response and stays trained, padding does not.
+    # EOS ends each response and stays trained, padding does not.
     batch = next(iter(data.val_dataloader()))
     assert batch["input_ids"].tolist() == [
-        ids(f"{PROMPTS[0]} {RESPONSES[0]}") + [EOS, EOS],
+        ids(f"{PROMPTS[0]} {RESPONSES[0]}") + [PAD, PAD],
         ids(f"{PROMPTS[1]} {RESPONSES[1]}"),
     ]
     assert batch["attention_mask"].tolist() == [[1] * 13 + [0, 0], [1] * 15]
@@ -83,7 +83,7 @@ def test_setup_and_dataloaders_end_to_end(tmp_path: Path, rows_file: str, chat_p
     assert data.dataset("test") is data.dataset("validation")
     data.setup("predict")
     batch = next(iter(data.predict_dataloader()))
-    assert batch["input_ids"].tolist() == [[EOS, EOS] + ids(PROMPTS[0]), ids(PROMPTS[1])]
+    assert batch["input_ids"].tolist() == [[PAD, PAD] + ids(PROMPTS[0]), ids(PROMPTS[1])]
     assert batch["attention_mask"].tolist() == [[0, 0] + [1] * 10, [1] * 12]
     assert batch["reference"] == ["Hello", "Fine"]
 

@@ -20,6 +20,7 @@ def test_segments_are_tokenized_separately_and_labelled(plain_tokenizer: PreTrai
         "input_ids": ids("<s> Hi Hello there \n"),
         "labels": masked("<s> Hi") + ids("Hello there") + masked("\n"),
         "num_supervised": 2,
+        "truncated": False,
     }
 
 
@@ -29,6 +30,7 @@ def test_truncation_keeps_the_first_max_length_tokens(plain_tokenizer: PreTraine
         "input_ids": ids("<s> Hi Hello"),
         "labels": masked("<s> Hi") + ids("Hello"),
         "num_supervised": 1,
+        "truncated": True,
     }
 
 
@@ -36,7 +38,7 @@ def test_position_zero_is_never_counted_as_supervised() -> None:
     # Without a BOS, a trained first token has no earlier token to be predicted from.
     tokenizer = build_tokenizer("</s>", None, adds_bos=False)
     example = encode_segments(tokenizer, [Segment("Hello", True)], sequence_prefix(tokenizer))
-    assert example == {"input_ids": ids("Hello"), "labels": ids("Hello"), "num_supervised": 0}
+    assert example == {"input_ids": ids("Hello"), "labels": ids("Hello"), "num_supervised": 0, "truncated": False}
 
 
 def test_plain_text_is_never_stripped() -> None:

@@ -17,7 +17,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "Hello"},
     {"role": "user", "content": "How are you"},
     {"role": "assistant", "content": "Fine thanks"},
-    {"role": "user", "content": "Bye"},
 ]
 ALPACA = [
     {"instruction": "Sum 1 2", "input": "", "output": "3"},
@@ -66,7 +65,6 @@ def test_multi_turn_chat_trains_every_assistant_turn_and_nothing_else(tmp_path: 
         " <|im_start|> user \n Hi <|im_end|> \n <|im_start|> assistant \n"
     )
     second = "<|im_start|> user \n How are you <|im_end|> \n <|im_start|> assistant \n"
-    # The trailing user turn ("Bye") is not rendered: it could only add untrained tokens.
     assert example["input_ids"] == ids(f"{first} Hello <|im_end|> \n {second} Fine thanks <|im_end|> \n")
     assert example["labels"] == masked(first) + ids("Hello <|im_end|> \n") + masked(second) + ids(
         "Fine thanks <|im_end|> \n"
@@ -138,14 +136,14 @@ def test_chat_template_required_for_chat_mode(tmp_path: Path, plain_path: str) -
 
 def test_template_that_rewrites_history_is_refused(tmp_path: Path, reversed_path: str) -> None:
     with pytest.raises(
-        ConfigError, match=r"row 0: the chat template of tokenizer '.*reversed.*' .* data\.template: plain"
+        ConfigError, match=r"line 1: the chat template of tokenizer '.*reversed.*' .* data\.template: plain"
     ):
         tokenized(tmp_path, reversed_path, [{"prompt": "Hi", "completion": "Hello"}])
 
 
 def test_assistant_first_cannot_be_rendered_by_a_chat_template(tmp_path: Path, chat_path: str) -> None:
     rows = [{"messages": [{"role": "assistant", "content": "Hello"}]}]
-    with pytest.raises(ConfigError, match=r"row 0: messages starts with an assistant turn"):
+    with pytest.raises(ConfigError, match=r"line 1: messages starts with an assistant turn"):
         tokenized(tmp_path, chat_path, rows)
 
 

@@ -66,17 +66,3 @@ def test_unknown_extension_is_rejected(tmp_path: Path) -> None:
 
 def test_hub_ids_are_not_checked_at_construction() -> None:
     check_data_path("org/name:train", "data.train_file")
-
-
-def test_malformed_file_names_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "broken.jsonl"
-    path.write_text('{"prompt": "Hi", "completion": \n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"data\.train_file: could not read '.*broken\.jsonl'"):
-        load_split(str(path), "data.train_file", "train")
-
-
-def test_file_without_rows_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "empty.csv"
-    path.write_text("prompt,completion\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"data\.test_file: could not read '.*empty\.csv' .* Fix: make it non-empty"):
-        load_split(str(path), "data.test_file", "test")

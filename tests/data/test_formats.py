@@ -88,16 +88,16 @@ def test_bad_messages_name_file_and_row(tmp_path: Path, chat_path: str, messages
         {"messages": messages},
     ]
     data = SFTDataModule(write_jsonl(tmp_path / "chats.jsonl", rows), tokenizer_name_or_path=chat_path)
-    with pytest.raises(ConfigError, match=rf"data\.train_file '.*chats\.jsonl', row 1: {problem}"):
+    with pytest.raises(ConfigError, match=rf"data\.train_file '.*chats\.jsonl', line 2: {problem}"):
         data.setup("fit")
 
 
-@pytest.mark.parametrize(("value", "shown"), [(123, "int 123"), (None, "NoneType None")])
+@pytest.mark.parametrize(("value", "shown"), [(123, "int 123, not a string"), (None, r"missing \(or null\)")])
 def test_non_string_field_names_file_row_and_field(tmp_path: Path, plain_path: str, value: object, shown: str) -> None:
     rows = [{"prompt": "Hi", "completion": "Hello"}, {"prompt": value, "completion": "Hello"}]
     data = SFTDataModule(write_jsonl(tmp_path / "train.jsonl", rows), tokenizer_name_or_path=plain_path)
     with pytest.raises(
-        ConfigError, match=rf"data\.train_file '.*train\.jsonl', row 1: field 'prompt' is {shown}, not a string"
+        ConfigError, match=rf"data\.train_file '.*train\.jsonl', line 2: field 'prompt' is {shown}"
     ):
         data.setup("fit")
 

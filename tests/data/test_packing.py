@@ -1,0 +1,155 @@
+"""Packing examples into sequences, grouping them by length, and both through the data module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from sft_helpers import IGNORE, WORDS, write_jsonl
+
+from lit_lora.data import SFTDataModule
+from lit_lora.data.packing import PackedCollator, PackingSampler, best_fit_decreasing
+from lit_lora.data.sampler import LengthGroupedSampler
+from lit_lora.errors import ConfigError
+
+LENGTHS = torch.randint(1, 65, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def test_best_fit_decreasing_by_hand():
+    # 5 opens bin 0 (3 left), 4 bin 1 (4 left); the first 3 takes the tighter bin 0, the
+    # second 3 bin 1 (1 left); 2 fits nowhere and opens bin 2; 1 fills bin 1.
+    assert best_fit_decreasing([5, 4, 3, 3, 2, 1], range(6), 8) == [[0, 2], [1, 3, 5], [4]]
+    # Equal lengths trade places by the given order; the bins stay the same shape.
+    assert best_fit_decreasing([5, 4, 3, 3, 2, 1], [3, 2, 0, 1, 4, 5], 8) == [[0, 3], [1, 2, 5], [4]]
+
+
+def test_an_example_longer_than_a_pack_is_refused():
+    with pytest.raises(ValueError, match="Example 1 has 9 tokens, more than the 8"):
+        best_fit_decreasing([3, 9], range(2), 8)
+
+
+def test_packs_hold_every_example_once_and_never_overflow():
+    sampler = PackingSampler(LENGTHS, max_length=128, seed=7)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        packs = list(sampler)
+        assert len(packs) == len(sampler)  # Lightning's schedule relies on len
+        assert sorted(index for pack in packs for index in pack) == list(range(len(LENGTHS)))
+        assert max(sum(LENGTHS[i] for i in pack) for pack in packs) <= 128
+        epochs.append(packs)
+    # Best fit leaves little room: fewer packs than a 10% overhead over the tokens needs.
+    assert len(sampler) <= 1.1 * sum(LENGTHS) / 128
+    # Every epoch packs and orders anew; the same seed and epoch replays it, as a resumed run needs.
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert {frozenset(pack) for pack in epochs[0]} != {frozenset(pack) for pack in epochs[1]}
+    resumed = PackingSampler(LENGTHS, max_length=128, seed=7)
+    resumed.set_epoch(1)
+    assert list(resumed) == epochs[1]
+    assert list(PackingSampler(LENGTHS, max_length=128, seed=8)) != epochs[0]
+
+
+def test_collated_packs_restart_positions_and_mask_the_boundaries():
+    examples = [
+        {"input_ids": [10, 11, 12], "labels": [IGNORE, 11, 12]},
+        {"input_ids": [20, 21], "labels": [20, 21]},  # trained from its first token
+        {"input_ids": [30, 31, 32, 33], "labels": [IGNORE, IGNORE, 32, 33]},
+    ]
+    batch = PackedCollator(pad_token_id=0, pad_to_multiple_of=4)([examples[:2], examples[2:]])
+    assert sorted(batch) == ["input_ids", "labels", "position_ids"]
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 20, 21, 0, 0, 0], [30, 31, 32, 33, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 2, 3, 0, 1, 2, 3]]
+    # Label 20 would be the target of token 12, the previous example's last: masked.
+    assert batch["labels"].tolist() == [
+        [IGNORE, 11, 12, IGNORE, 21, IGNORE, IGNORE, IGNORE],
+        [IGNORE, IGNORE, 32, 33, IGNORE, IGNORE, IGNORE, IGNORE],
+    ]
+
+
+def test_length_grouped_batches_hold_similar_lengths():
+    batch_size = 4
+    sampler = LengthGroupedSampler(LENGTHS, batch_size, seed=3, mega_batches=5)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(LENGTHS))) and len(sampler) == len(LENGTHS)
+    group = 5 * batch_size
+    for start in range(0, len(first), group):
+        lengths = [LENGTHS[i] for i in first[start : start + group]]
+        assert lengths == sorted(lengths, reverse=True)
+
+    def padding(order: list[int]) -> int:
+        batches = [[LENGTHS[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+        return sum(max(batch) * len(batch) - sum(batch) for batch in batches)
+
+    shuffled = torch.randperm(len(LENGTHS), generator=torch.Generator().manual_seed(3)).tolist()
+    assert padding(first) < padding(shuffled) / 3
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first
+    resumed = LengthGroupedSampler(LENGTHS, batch_size, seed=3, mega_batches=5)
+    resumed.set_epoch(1)
+    assert list(resumed) == second
+
+
+@pytest.fixture
+def varied_file(tmp_path: Path) -> str:
+    words = WORDS.split()
+    rows = [
+        {"prompt": " ".join(words[: 1 + i % 7]), "completion": " ".join(words[i % 5 : i % 5 + 1 + i % 4])}
+        for i in range(20)
+    ]
+    return write_jsonl(tmp_path / "train.jsonl", rows)
+
+
+def test_packing_and_length_grouping_exclude_each_other(varied_file: str):
+    with pytest.raises(ConfigError, match=r"data\.packing and data\.group_by_length are both set"):
+        SFTDataModule(varied_file, packing=True, group_by_length=True)
+
+
+def _supervised_tokens(batches: list[dict[str, torch.Tensor]]) -> int:
+    return sum((batch["labels"][:, 1:] != IGNORE).sum().item() for batch in batches)
+
+
+def test_packed_training_batches_carry_every_example(varied_file: str, chat_path: str):
+    data = SFTDataModule(varied_file, val_fraction=0.2, tokenizer_name_or_path=chat_path, max_length=64, batch_size=2, packing=True)
+    data.setup("fit")
+    train = data.dataset("train")
+    loader = data.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    assert all(sorted(batch) == ["input_ids", "labels", "position_ids"] for batch in batches)
+    assert all(batch["input_ids"].shape[1] <= 64 for batch in batches)
+    # Each example restarts the positions once; the tokens are all there, and the trained ones.
+    starts = sum(((batch["position_ids"] == 0) & (batch["input_ids"] != data.tokenizer.pad_token_id)).sum().item() for batch in batches)
+    assert starts == len(train)
+    assert len(batches) < len(train) / 2 / 2  # at least two examples per packed row
+    unpacked = SFTDataModule(varied_file, val_fraction=0.2, tokenizer_name_or_path=chat_path, max_length=64)
+    unpacked.setup("fit")
+    assert _supervised_tokens(batches) == _supervised_tokens(list(unpacked.train_dataloader()))
+    # Evaluation stays unpacked.
+    assert "attention_mask" in next(iter(data.val_dataloader()))
+
+
+@pytest.mark.parametrize("option", ["packing", "group_by_length"])
+def test_a_resumed_epoch_continues_with_the_same_batches(varied_file: str, chat_path: str, option: str):
+    def loader():
+        data = SFTDataModule(varied_file, tokenizer_name_or_path=chat_path, max_length=64, batch_size=2, **{option: True})
+        data.setup("fit")
+        loader = data.train_dataloader()
+        loader.batch_sampler.sampler.set_epoch(1)
+        return loader
+
+    whole = loader()
+    batches = iter(whole)
+    seen = [next(batches) for _ in range(2)]
+    state = whole.state_dict()
+    rest = list(batches)
+    resumed = loader()
+    resumed.load_state_dict(state)
+    again = list(resumed)
+    assert len(seen) + len(rest) == len(whole)
+    assert len(again) == len(rest)
+    for expected, actual in zip(rest, again, strict=True):
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            assert torch.equal(expected[key], actual[key])
