@@ -275,3 +275,23 @@ def test_console_script_is_the_same_cli():
     script = Path(sys.executable).parent / "lit-lora"  # the one installed with this Python
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
     assert "fit" in out and "predict" in out
+
+
+def test_a_mix_of_two_sets_trains_from_yaml(tmp_path, in_repo):
+    # The quickstart chats, and the same task as question/answer columns renamed on reading.
+    chats = [json.loads(line) for line in Path("data/quickstart/train.jsonl").read_text().splitlines()[:40]]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(
+        json.dumps({"question": row["messages"][-2]["content"], "answer": row["messages"][-1]["content"]}) + "\n"
+        for row in chats
+    ))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(yaml.safe_dump({"data": {"init_args": {"train_file": None, "mix": [
+        {"path": "data/quickstart/train.jsonl", "weight": 3},
+        {"path": str(qa), "format": "prompt_completion", "fields": {"prompt": "question", "completion": "answer"}},
+    ]}}}))
+    run = main(tiny_args("fit", tmp_path / "run", "--config", str(mix), "--trainer.max_steps", "2"))
+    assert run.trainer.global_step == 2
+    assert run.datamodule.stats["train"].kept == 440
+    saved = yaml.safe_load((tmp_path / "run" / "adapter" / "training_config.yaml").read_text())
+    assert saved["data"]["init_args"]["mix"][1]["fields"] == {"prompt": "question", "completion": "answer"}

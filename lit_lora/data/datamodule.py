@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
@@ -29,6 +29,12 @@ from lit_lora.data.formats import (
     response_field,
     text_field,
     to_conversation,
+)
+from lit_lora.data.mixing import (
+    DataSource,
+    MixSampler,
+    check_training_sets,
+    rename_fields,
 )
 from lit_lora.data.packing import PackedCollator, PackedDataset, PackingSampler
 from lit_lora.data.render import (
@@ -74,6 +80,8 @@ _NOT_IN_EXAMPLES = (
     "seed",
     "packing",
     "group_by_length",
+    "fields",
+    "mix",
 )
 
 
@@ -107,7 +115,7 @@ class SFTDataModule(LightningDataModule):
 
     Args:
         train_file: Training data: a local file, or a hub dataset id ``name`` or
-            ``name:split`` (default split ``train``).
+            ``name:split`` (default split ``train``). Set this or ``mix``.
         val_file: Validation data, like ``train_file`` (default split ``validation``).
             Leave unset to hold out ``val_fraction`` of the training data instead, or to
             skip validation.
@@ -147,6 +155,15 @@ class SFTDataModule(LightningDataModule):
         group_by_length: Batch training examples of similar length together (within
             groups of 50 batches of the shuffled order) to cut padding: the lighter
             alternative to ``packing``, which it cannot be combined with.
+        fields: Column renames for ``train_file``, ``val_file``, ``test_file`` and
+            ``predict_file``, from the name the format expects to the name in the
+            files, e.g. ``{prompt: question, completion: answer}``.
+        mix: Several training sets instead of ``train_file``, each with its own
+            ``path``, ``format``, ``fields`` and sampling ``weight``: every epoch draws
+            as many examples as the sets hold together, each from set ``i`` with
+            probability ``weight_i / sum(weights)`` (without repeats inside a set until
+            it is used up). Validation comes from ``val_file``; ``val_fraction``,
+            ``packing`` and ``group_by_length`` do not apply to a mix.
         tokenizer_name_or_path: Folder or hub id of the tokenizer. The CLI fills it in
             from ``model.model_name_or_path``; set it only to use the data module alone.
         gguf_file: GGUF file inside ``tokenizer_name_or_path`` whose tokenizer to use.
@@ -157,7 +174,7 @@ class SFTDataModule(LightningDataModule):
 
     def __init__(
         self,
-        train_file: str,
+        train_file: str | None = None,
         val_file: str | None = None,
         val_fraction: float = 0.0,
         test_file: str | None = None,
@@ -174,6 +191,8 @@ class SFTDataModule(LightningDataModule):
         seed: int = 42,
         packing: bool = False,
         group_by_length: bool = False,
+        fields: dict[str, str] | None = None,
+        mix: list[DataSource] | None = None,
         tokenizer_name_or_path: str | None = None,
         gguf_file: str | None = None,
     ) -> None:
@@ -195,6 +214,7 @@ class SFTDataModule(LightningDataModule):
                 f"data.val_fraction: {val_fraction} is set together with data.val_file '{val_file}'. "
                 "Fix: set only one of them."
             )
+        check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
         if packing and group_by_length:
             raise ConfigError(
                 "data.packing and data.group_by_length are both set. Fix: set only one; "
@@ -229,6 +249,8 @@ class SFTDataModule(LightningDataModule):
         self.seed = seed
         self.packing = packing
         self.group_by_length = group_by_length
+        self.fields = dict(fields or {})
+        self.mix = list(mix or [])
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.gguf_file = gguf_file
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -239,6 +261,8 @@ class SFTDataModule(LightningDataModule):
         self._mode: Literal["chat", "plain"] | None = None
         self._prefix: list[int] = []
         self._splits: dict[str, _Part | None] = {}
+        # Kept training examples per set of ``mix``, in order.
+        self._mix_sizes: list[int] = []
 
     def to_conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
         """Turn one row of the data into role/content turns.
@@ -305,7 +329,9 @@ class SFTDataModule(LightningDataModule):
         """Shuffled training batches, right-padded or packed; each epoch's order is fixed by ``seed``."""
         examples = self._split("train").examples
         dataset, collate = examples, self._collator()
-        if self.packing:
+        if self.mix:
+            sampler = MixSampler(self._mix_sizes, [source.weight for source in self.mix], self.seed)
+        elif self.packing:
             sampler = PackingSampler(_lengths(examples), self.max_length, self.seed)
             dataset, collate = PackedDataset(examples), PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         elif self.group_by_length:
@@ -367,6 +393,11 @@ class SFTDataModule(LightningDataModule):
         part = self._split(split)
         if part is None:
             return []
+        if part.format == "mix":
+            raise ConfigError(
+                f"data.mix: the {split} split mixes several sets, so it has no single file to cut prompts from. "
+                "Use the validation split (data.val_file) for prompts."
+            )
         if part.prompts is None:
             part.prompts = [self._prompt_example(row, part.format) for row in part.rows]
         return part.prompts
@@ -423,6 +454,9 @@ class SFTDataModule(LightningDataModule):
 
     def _load_train_file(self) -> None:
         """Prepare the train split, and the validation split when it is held out of the training file."""
+        if self.mix:
+            self._load_mix()
+            return
         part = self._read("data.train_file", self.train_file, "train")
         rows: Sequence[int] | np.ndarray = range(len(part.rows))
         if self.val_fraction > 0:
@@ -438,12 +472,40 @@ class SFTDataModule(LightningDataModule):
             )
         self._splits["train"] = train
 
-    def _read(self, field: str, value: str, default_split: str) -> _Part:
-        """Load a file, check its format and tokenize all its rows."""
+    def _load_mix(self) -> None:
+        """Prepare the train split from the sets of ``mix``, one after the other."""
+        if self.val_file is None:
+            self._splits["validation"] = None
+        parts = [
+            self._read(f"data.mix[{index}].path", source.path, "train", source.format, source.fields)
+            for index, source in enumerate(self.mix)
+        ]
+        # One part for the whole mix; its "rows" name each example's set, in the
+        # concatenated order MixSampler indexes into.
+        origin = Dataset.from_dict({"set": np.repeat(np.arange(len(parts)), [len(p.rows) for p in parts])})
+        examples = concatenate_datasets([part.examples for part in parts])
+        train = self._keep_supervised("train", _Part(origin, examples, "mix", "data.mix"))
+        self._mix_sizes = np.bincount(np.asarray(train.rows["set"]), minlength=len(parts)).tolist()
+        for index, size in enumerate(self._mix_sizes):
+            if size == 0:
+                raise ConfigError(
+                    f"data.mix[{index}].path '{self.mix[index].path}': no example has a trained token within "
+                    f"data.max_length={self.max_length}. Fix: raise data.max_length, or remove the set from the mix."
+                )
+        self._splits["train"] = train
+
+    def _read(
+        self, field: str, value: str, default_split: str, format: str | None = None, fields: dict[str, str] | None = None
+    ) -> _Part:
+        """Load a file, rename its columns, check its format and tokenize all its rows.
+
+        ``format`` and ``fields`` default to the module's own (those of a mix's set
+        are passed in).
+        """
         self._load_tokenizer()
-        rows = load_split(value, field, default_split)
         source = f"{field} '{value}'"
-        format = resolve_format(self.format, rows.column_names, source, self.format_columns)
+        rows = rename_fields(load_split(value, field, default_split), self.fields if fields is None else fields, source)
+        format = resolve_format(format or self.format, rows.column_names, source, self.format_columns)
         with one_thread_per_process():
             examples = rows.map(
                 self._detached()._encode_row,

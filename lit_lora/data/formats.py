@@ -66,19 +66,22 @@ def detect_format(
     )
 
 
-def check_format_name(name: str, format_columns: Mapping[str, Sequence[str]] = FORMAT_COLUMNS) -> None:
-    """Reject a ``data.format`` value that names no known format.
+def check_format_name(
+    name: str, format_columns: Mapping[str, Sequence[str]] = FORMAT_COLUMNS, field: str = "data.format"
+) -> None:
+    """Reject a format name that names no known format.
 
     Args:
         name: ``"auto"`` or a format name.
         format_columns: Format name -> required columns.
+        field: The config field the name came from, named in the error.
 
     Raises:
         ConfigError: The name is neither ``"auto"`` nor a key of ``format_columns``.
     """
     if name != "auto" and name not in format_columns:
         raise ConfigError(
-            f"data.format: unknown format '{name}'. Fix: use 'auto' or one of {', '.join(format_columns)}."
+            f"{field}: unknown format '{name}'. Fix: use 'auto' or one of {', '.join(format_columns)}."
         )
 
 

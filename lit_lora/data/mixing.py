@@ -13,6 +13,8 @@ import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
 
+from lit_lora.data.files import check_data_path
+from lit_lora.data.formats import check_format_name
 from lit_lora.errors import ConfigError
 
 
@@ -35,6 +37,38 @@ class DataSource:
     format: str = "auto"
     fields: dict[str, str] = field(default_factory=dict)
     weight: float = 1.0
+
+
+def check_training_sets(
+    train_file: str | None,
+    mix: Sequence[DataSource] | None,
+    val_fraction: float,
+    packing: bool,
+    group_by_length: bool,
+    format_columns: Mapping[str, Sequence[str]],
+) -> None:
+    """Refuse a data configuration with no training set, two kinds of it, or a mix it cannot serve.
+
+    Raises:
+        ConfigError: Naming the fields and the fix.
+    """
+    if (train_file is None) == (not mix):
+        raise ConfigError(
+            "data.train_file and data.mix: set exactly one of them (a single training file, "
+            f"or a list of sets to mix); got train_file={train_file!r} and {len(mix or [])} mix sets."
+        )
+    if not mix:
+        return
+    for index, source in enumerate(mix):
+        check_data_path(source.path, f"data.mix[{index}].path")
+        check_format_name(source.format, format_columns, f"data.mix[{index}].format")
+        if source.weight <= 0:
+            raise ConfigError(f"data.mix[{index}].weight: {source.weight} must be > 0 (weights are relative shares).")
+    for name, value in (("val_fraction", val_fraction > 0), ("packing", packing), ("group_by_length", group_by_length)):
+        if value:
+            raise ConfigError(
+                f"data.{name} does not apply to data.mix yet. Fix: unset it (validate on data.val_file instead)."
+            )
 
 
 def rename_fields(rows: Dataset, fields: Mapping[str, str], source: str) -> Dataset:
