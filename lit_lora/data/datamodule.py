@@ -464,13 +464,7 @@ class SFTDataModule(LightningDataModule):
             self._splits["validation"] = self._keep_supervised("validation", part, held_out)
         elif self.val_file is None:
             self._splits["validation"] = None
-        train = self._keep_supervised("train", part, rows)
-        if len(train.examples) == 0:
-            raise ConfigError(
-                f"{part.source}: no training example has a trained token within data.max_length={self.max_length}. "
-                "Fix: raise data.max_length, or shorten the prompts."
-            )
-        self._splits["train"] = train
+        self._splits["train"] = self._keep_supervised("train", part, rows)
 
     def _load_mix(self) -> None:
         """Prepare the train split from the sets of ``mix``, one after the other."""
@@ -524,6 +518,12 @@ class SFTDataModule(LightningDataModule):
         # Read through Arrow into one array: millions of rows never become Python ints.
         supervised = part.examples.with_format("arrow", columns=["num_supervised"])[:]["num_supervised"].to_numpy()
         kept = rows[supervised[rows] > 0]
+        if len(rows) and not len(kept):
+            # Training on nothing fails later and obscurely; validating on nothing reports nothing.
+            raise ConfigError(
+                f"{part.source}: no {split} example has a trained token within data.max_length={self.max_length} "
+                f"(all {len(rows)} were cut before their response). Fix: raise data.max_length, or shorten the prompts."
+            )
         self.dropped[split] = len(rows) - len(kept)
         if self.dropped[split]:
             rank_zero_warn(

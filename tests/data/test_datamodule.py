@@ -122,10 +122,15 @@ def test_examples_without_trained_tokens_are_dropped_and_counted(rows_file: str,
 
 def test_nothing_left_to_train_is_an_error(rows_file: str, chat_path: str) -> None:
     data = SFTDataModule(rows_file, tokenizer_name_or_path=chat_path, max_length=10)
-    with (
-        pytest.raises(ConfigError, match=r"no training example has a trained token within data\.max_length=10"),
-        pytest.warns(UserWarning),
-    ):
+    with pytest.raises(ConfigError, match=r"no train example has a trained token within data\.max_length=10"):
+        data.setup("fit")
+
+
+def test_nothing_left_to_validate_is_an_error(tmp_path: Path, rows_file: str, chat_path: str) -> None:
+    # The training prompt fits in 12 tokens, the validation prompt does not.
+    val = write_jsonl(tmp_path / "val.jsonl", ROWS[1:])
+    data = SFTDataModule(rows_file, val_file=val, tokenizer_name_or_path=chat_path, max_length=12)
+    with pytest.raises(ConfigError, match=r"data\.val_file '.*val\.jsonl': no validation example has a trained token"):
         data.setup("fit")
 
 
