@@ -11,6 +11,7 @@ from lightning.pytorch import Trainer
 from peft import PeftModel
 
 from lit_lora import LoRAModule, LoRASettings
+from lit_lora.cli import main
 from lit_lora.data import SFTDataModule
 from lit_lora.model.loading import load_base_model
 from lit_lora.source import gguf_as_folder
@@ -61,3 +62,14 @@ def test_qlora_on_gguf_model_trains_and_exports(gguf_dir, tmp_path):
     module.eval()
     with torch.no_grad():
         torch.testing.assert_close(peft_model(input_ids=ids).logits, module(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_the_readme_shows_the_preview_of_the_quickstart_data(gguf_dir, monkeypatch):
+    monkeypatch.chdir(REPO)
+    readme = Path("README.md").read_text()
+    shown = readme.split("--num_examples 1 --color never\n```\n\n```\n", 1)[1].split("\n```", 1)[0]
+    printed = main([
+        "preview", "--config", "configs/quickstart.yaml", "--model.init_args.model_name_or_path", str(gguf_dir),
+        "--num_examples", "1", "--color", "never",
+    ])  # fmt: skip
+    assert printed.strip() == shown.strip()
