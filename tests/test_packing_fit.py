@@ -46,6 +46,27 @@ def test_packed_fit_resumed_mid_epoch_ends_like_the_uninterrupted_run(tmp_path, 
             torch.testing.assert_close(param, expected[name], rtol=0, atol=0, msg=name)
 
 
+def test_split_packed_fit_resumed_mid_epoch_ends_like_the_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    # Cut at the pack boundaries, the 27,393 tokens fill 108 packs of 256: 14 batches, 7 steps.
+    split = ("--data.packing_split", "true")
+    whole = fit(tmp_path / "whole", *split)
+    loader = whole.trainer.train_dataloader
+    tokens = sum(len(ids) for ids in whole.datamodule.dataset("train")["input_ids"])
+    assert len(loader.batch_sampler.sampler) == -(-tokens // 256) and len(loader) == 14
+    assert whole.trainer.global_step == 7 and torch.isfinite(whole.trainer.callback_metrics["train/loss"])
+    # Step 6 is after batch 12 of 14: the resumed run trains batches 13-14 of the same packs.
+    middle = tmp_path / "whole" / "checkpoints" / "step6.ckpt"
+    loader_state = torch.load(middle, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_state == [{"epoch": 0, "batches": 12}]
+    resumed = fit(tmp_path / "resumed", *split, "--ckpt_path", str(middle))
+    assert resumed.trainer.global_step == whole.trainer.global_step
+    expected = {name: p for name, p in whole.model.named_parameters() if p.requires_grad}
+    for name, param in resumed.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, expected[name], rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("option", ["--data.group_by_length"])
 def test_length_grouped_fit_runs(tmp_path, monkeypatch, option):
     monkeypatch.chdir(REPO)

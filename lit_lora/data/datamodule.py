@@ -79,6 +79,7 @@ _NOT_IN_EXAMPLES = (
     "pad_to_multiple_of",
     "seed",
     "packing",
+    "packing_split",
     "group_by_length",
     "fields",
     "mix",
@@ -146,12 +147,19 @@ class SFTDataModule(LightningDataModule):
             (8 suits tensor cores); unset pads to the longest example in the batch.
         seed: Seeds the training shuffle and the ``val_fraction`` split.
         packing: Pack several training examples into each sequence of up to
-            ``max_length`` tokens (best fit, examples never split), so no compute goes
-            to padding. The examples do not attend to each other and their positions
-            restart, so the loss is that of the same examples unpacked; the model's
-            attention must honour ``position_ids`` (eager, sdpa and flash_attention_2
-            do). Each epoch repacks from its shuffle (examples of equal length trade
-            packs) and shuffles the packs. Validation and test batches are not packed.
+            ``max_length`` tokens (best fit, examples never split unless
+            ``packing_split``), so no compute goes to padding. The examples do not
+            attend to each other and their positions restart, so the loss is that of
+            the same examples unpacked; the model's attention must honour
+            ``position_ids`` (eager and sdpa do; flash_attention_2 with ``batch_size:
+            1`` only). Each epoch repacks from its shuffle (examples of equal length
+            trade packs) and shuffles the packs. Validation and test batches are not packed.
+        packing_split: With ``packing``, fill every packed sequence to exactly
+            ``max_length`` tokens (but an epoch's last): the shuffled examples are laid
+            end to end and cut at the sequence boundaries. The piece of a cut example in
+            the next sequence is trained as an example of its own (positions from 0, no
+            attention to its first part), and its first token is not a target, as its
+            predictor is in the other sequence: one supervised token lost per cut.
         group_by_length: Batch training examples of similar length together (within
             groups of 50 batches of the shuffled order) to cut padding: the lighter
             alternative to ``packing``, which it cannot be combined with.
@@ -190,6 +198,7 @@ class SFTDataModule(LightningDataModule):
         pad_to_multiple_of: int | None = None,
         seed: int = 42,
         packing: bool = False,
+        packing_split: bool = False,
         group_by_length: bool = False,
         fields: dict[str, str] | None = None,
         mix: list[DataSource] | None = None,
@@ -220,6 +229,11 @@ class SFTDataModule(LightningDataModule):
                 "data.packing and data.group_by_length are both set. Fix: set only one; "
                 "packing leaves no padding to group away."
             )
+        if packing_split and not packing:
+            raise ConfigError(
+                "data.packing_split is set without data.packing. Fix: set data.packing: true as well, "
+                "or drop data.packing_split."
+            )
         check_format_name(format, self.format_columns)
         check_template_name(template)
         for field, value, smallest in (
@@ -248,6 +262,7 @@ class SFTDataModule(LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
         self.packing = packing
+        self.packing_split = packing_split
         self.group_by_length = group_by_length
         self.fields = dict(fields or {})
         self.mix = list(mix or [])
@@ -332,7 +347,7 @@ class SFTDataModule(LightningDataModule):
         if self.mix:
             sampler = MixSampler(self._mix_sizes, [source.weight for source in self.mix], self.seed)
         elif self.packing:
-            sampler = PackingSampler(_lengths(examples), self.max_length, self.seed)
+            sampler = PackingSampler(_lengths(examples), self.max_length, self.seed, split=self.packing_split)
             dataset, collate = PackedDataset(examples), PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         elif self.group_by_length:
             sampler = LengthGroupedSampler(_lengths(examples), self.batch_size, self.seed)

@@ -206,6 +206,13 @@ class LoRAModule(LightningModule):
         """
         if position_ids is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if input_ids.size(0) > 1 and self.model.config._attn_implementation.startswith("flash"):
+            # transformers' flash path isolates packed examples only in its padding-free
+            # mode, one row per batch; several rows would attend across examples.
+            raise ConfigError(
+                "data.packing with model.attn_implementation flash_attention_2 needs data.batch_size: 1 "
+                "(one packed row per batch; raise data.max_length instead), or use attn_implementation sdpa."
+            )
         # transformers derives the packed-sequence mask from position_ids only without a
         # KV cache, and a model may have use_cache on in its config.
         return self.model(

@@ -6,7 +6,8 @@ import torch
 from lit_lora import LoRAModule
 from lit_lora.data.collate import SFTCollator
 from lit_lora.data.encode import IGNORE_INDEX
-from lit_lora.data.packing import PackedCollator
+from lit_lora.data.packing import PackedCollator, PackedDataset, split_packs
+from lit_lora.errors import ConfigError
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.quantization import QuantizationSettings
 
@@ -79,3 +80,46 @@ def test_without_position_ids_the_examples_would_see_each_other(module):
     first = len(examples[PACKS[0][0]]["input_ids"])
     torch.testing.assert_close(isolated[:, :first], joined[:, :first], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(isolated[:, first:], joined[:, first:], atol=1e-3)
+
+
+def _split_batch(examples: list[dict]) -> tuple[list[list], dict[str, torch.Tensor]]:
+    # 34 tokens into packs of 10: examples 1, 2 and 4 are cut, 0 and 3 (behind a continuation) are not.
+    packs = split_packs([len(e["input_ids"]) for e in examples], range(len(examples)), 10)
+    assert packs == [[0, (1, 0, 1)], [(1, 1, 5), (2, 0, 6)], [(2, 6, 12), 3, (4, 0, 3)], [(4, 3, 7)]]
+    return packs, PackedCollator(PAD)([PackedDataset(examples)[pack] for pack in packs])
+
+
+def test_split_packs_lose_exactly_the_continuations_first_targets(module):
+    examples = _examples()
+    packs, batch = _split_batch(examples)
+    cuts = [item for pack in packs for item in pack if isinstance(item, tuple) and item[1] > 0]
+    lost = sum(examples[index]["labels"][start] != IGNORE_INDEX for index, start, _ in cuts)
+    assert lost == 2  # example 1's cut falls in its prompt
+    with torch.no_grad():
+        _, packed_count = module.compute_loss(batch)
+        _, unpacked_count = module.compute_loss(SFTCollator(PAD)(examples))
+    assert packed_count.item() == unpacked_count.item() - lost
+
+
+def test_split_packs_compute_each_piece_as_it_would_be_alone(module):
+    examples = _examples()
+    packs, batch = _split_batch(examples)
+    with torch.no_grad():
+        logits = module(batch["input_ids"], position_ids=batch["position_ids"])
+        for row, pack in enumerate(packs):
+            start = 0
+            for item in pack:
+                index, first, stop = (item, 0, len(examples[item]["input_ids"])) if isinstance(item, int) else item
+                # A whole example has its unpacked logits; a piece those of its tokens alone.
+                alone = module(torch.tensor([examples[index]["input_ids"][first:stop]]))[0]
+                torch.testing.assert_close(logits[row, start : start + stop - first], alone, rtol=1e-5, atol=1e-5)
+                start += stop - first
+
+
+def test_flash_attention_refuses_several_packed_rows(module, monkeypatch):
+    # transformers' flash path isolates packed examples only with one row per batch.
+    monkeypatch.setattr(module.model.config, "_attn_implementation", "flash_attention_2")
+    rows = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
+    positions = torch.tensor([[0, 1, 0, 1], [0, 1, 2, 3]])
+    with pytest.raises(ConfigError, match=r"needs data\.batch_size: 1"):
+        module(rows, position_ids=positions)
