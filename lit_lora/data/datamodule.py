@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 from datasets import Dataset, concatenate_datasets
 from lightning.pytorch import LightningDataModule
@@ -49,7 +48,7 @@ from lit_lora.data.render import (
 from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler, LengthGroupedSampler
 from lit_lora.data.split import holdout_split
-from lit_lora.data.stats import SplitStats, format_stats, split_stats
+from lit_lora.data.stats import SplitStats, format_stats, split_stats, token_lengths
 from lit_lora.errors import ConfigError
 from lit_lora.tokenizer import load_tokenizer, one_thread_per_process
 
@@ -84,11 +83,6 @@ _NOT_IN_EXAMPLES = (
     "fields",
     "mix",
 )
-
-
-def _lengths(examples: Dataset) -> list[int]:
-    """Token count of every example, read from Arrow without materialising the token lists."""
-    return pc.list_value_length(examples.with_format("arrow")["input_ids"]).to_pylist()
 
 
 @dataclass
@@ -347,10 +341,10 @@ class SFTDataModule(LightningDataModule):
         if self.mix:
             sampler = MixSampler(self._mix_sizes, [source.weight for source in self.mix], self.seed)
         elif self.packing:
-            sampler = PackingSampler(_lengths(examples), self.max_length, self.seed, split=self.packing_split)
+            sampler = PackingSampler(token_lengths(examples).tolist(), self.max_length, self.seed, split=self.packing_split)
             dataset, collate = PackedDataset(examples), PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         elif self.group_by_length:
-            sampler = LengthGroupedSampler(_lengths(examples), self.batch_size, self.seed)
+            sampler = LengthGroupedSampler(token_lengths(examples).tolist(), self.batch_size, self.seed)
         else:
             sampler = EpochShuffleSampler(len(examples), self.seed)
         return ResumableDataLoader(

@@ -52,6 +52,11 @@ class SplitStats:
         return self.supervised / self.tokens if self.tokens else 0.0
 
 
+def token_lengths(examples: Dataset) -> np.ndarray:
+    """Token count of every example, read from Arrow without materialising the token lists."""
+    return pc.list_value_length(examples.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+
+
 def split_stats(examples: Dataset, rows: Sequence[int] | None = None) -> SplitStats:
     """Statistics of tokenized examples, as the data module keeps them.
 
@@ -63,8 +68,8 @@ def split_stats(examples: Dataset, rows: Sequence[int] | None = None) -> SplitSt
             ``truncated`` columns, as :func:`~lit_lora.data.encode.encode_segments` makes them.
         rows: Which of the examples belong to the split; ``None`` for all.
     """
-    columns = examples.select_columns(["input_ids", "num_supervised", "truncated"]).with_format("arrow")[:]
-    lengths = pc.list_value_length(columns["input_ids"]).to_numpy(zero_copy_only=False)
+    columns = examples.select_columns(["num_supervised", "truncated"]).with_format("arrow")[:]
+    lengths = token_lengths(examples)
     supervised = columns["num_supervised"].to_numpy(zero_copy_only=False)
     truncated = columns["truncated"].to_numpy(zero_copy_only=False)
     if rows is not None:
