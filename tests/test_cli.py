@@ -12,33 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from parsing import parse
 from peft import PeftModel
 from safetensors.torch import load_file
 
 from lit_lora import LoRAModule
 from lit_lora.adapter_dir import BaseModelSpec
-from lit_lora.cli import LitLoraCLI, build_cli, main
+from lit_lora.cli import main
 from lit_lora.model.loading import load_base_model, random_weights_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
-
-
-class ParseOnlyCLI(LitLoraCLI):
-    """Parses and validates a config without building anything (no model, no files)."""
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def after_instantiate_classes(self) -> None:
-        pass
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        pass
-
-
-def parse(args: list[str]):
-    return build_cli(args, cli_class=ParseOnlyCLI).config
 
 
 @pytest.fixture
@@ -51,7 +35,7 @@ def in_repo(monkeypatch):
 def test_every_shipped_config_parses(config, in_repo):
     cfg = parse(["fit", "--config", str(config)]).fit
     assert cfg.model.class_path.startswith("lit_lora.")
-    assert cfg.data.init_args.train_file
+    assert cfg.data.init_args.train_file or cfg.data.init_args.mix
 
 
 def test_print_config_runs_again_unchanged(in_repo, tmp_path, capsys):
@@ -129,7 +113,7 @@ def test_fit_exports_an_adapter_that_plain_peft_reproduces(fitted):
 def test_checkpoints_hold_only_the_adapter_and_the_loop_state(fitted):
     cli, root = fitted
     checkpoints = sorted(p.name for p in root.rglob("*.ckpt"))
-    assert len(checkpoints) == 3 and "last.ckpt" in checkpoints  # two epochs + last
+    assert len(checkpoints) == 4 and {"last.ckpt", "best.ckpt"} <= set(checkpoints)  # two epochs + last + best
     state = torch.load(next(root.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert set(state["state_dict"]) == {n for n, p in cli.model.named_parameters() if p.requires_grad}
     assert state["optimizer_states"] and state["lr_schedulers"]
