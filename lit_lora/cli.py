@@ -21,8 +21,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.adapter_dir import is_adapter_dir
+from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.predictions import PredictionWriter
+from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
@@ -46,6 +48,8 @@ class LitLoraCLI(LightningCLI):
         # ``--ckpt_path last`` resumes, so neither may rename it to ``last-v1.ckpt``.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
+        # ``best.ckpt``: the lowest val/loss so far, the one to keep when the run overfits.
+        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_top_k": -1,
@@ -62,8 +66,14 @@ class LitLoraCLI(LightningCLI):
                 "step_checkpoint.filename": "step{step}",
                 "step_checkpoint.auto_insert_metric_name": False,
                 "step_checkpoint.enable_version_counter": False,
+                "best_checkpoint.monitor": "val/loss",
+                "best_checkpoint.mode": "min",
+                "best_checkpoint.save_top_k": 1,
+                "best_checkpoint.filename": "best",
+                "best_checkpoint.enable_version_counter": False,
             }
         )
+        parser.add_lightning_class_args(TrainingDiagnostics, "diagnostics")
         parser.add_lightning_class_args(AdapterExport, "export")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         # The data module tokenizes with the model's tokenizer: the same files, by link.
@@ -76,6 +86,12 @@ class LitLoraCLI(LightningCLI):
             sources, "data.init_args.tokenizer_name_or_path", compute_fn=lambda *args: tokenizer_source(*args)[0]
         )
         parser.link_arguments(sources, "data.init_args.gguf_file", compute_fn=lambda *args: tokenizer_source(*args)[1])
+        # Logs go under the run's folder whichever logger is chosen (CSV, TensorBoard,
+        # W&B all take save_dir); as a link it stays out of the saved config, which then
+        # follows ``trainer.default_root_dir`` like the checkpoints do.
+        parser.link_arguments(
+            "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or os.getcwd()
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -97,6 +113,21 @@ class LitLoraCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(folder)
+        self._replace_default_progress_bar()
+
+    def _replace_default_progress_bar(self) -> None:
+        """Put :class:`RunProgressBar` in place of the bar Lightning adds when none is configured.
+
+        Lightning's default is Rich's bar when ``rich`` happens to be installed, else
+        TQDM's; this bar is the same everywhere. A bar in ``trainer.callbacks``, or
+        ``trainer.enable_progress_bar: false``, is left as it is.
+        """
+        bar = self.trainer.progress_bar_callback
+        configured = self.config_init[self.subcommand].trainer.callbacks or []
+        if bar is None or any(callback is bar for callback in configured):
+            return
+        callbacks = self.trainer.callbacks
+        callbacks[callbacks.index(bar)] = RunProgressBar()
 
     def _adapter_as_ckpt_path(self, config: Namespace) -> None:
         """Let ``validate``/``test``/``predict`` take a PEFT adapter folder as ``--ckpt_path``."""
@@ -174,6 +205,9 @@ def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCL
             "max_epochs": 3,
             "log_every_n_steps": 10,
             "plugins": [{"class_path": "lit_lora.checkpoint_io.AtomicCheckpointIO"}],
+            # Lightning would pick TensorBoard when it happens to be installed; CSV needs
+            # nothing and ``plot`` reads it. ``save_dir`` is linked to default_root_dir.
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"},
         },
         args=args,
         run=run,

@@ -9,12 +9,17 @@ import docstring_parser
 import pytest
 
 from lit_lora import LoRAModule, LoRASettings, LRSchedule, QuantizationSettings
-from lit_lora.callbacks import AdapterExport, GenerationPreview, PredictionWriter
+from lit_lora.callbacks import (
+    AdapterExport,
+    GenerationPreview,
+    PredictionWriter,
+    TrainingDiagnostics,
+)
 from lit_lora.data import SFTDataModule
 
 CONFIGURABLE = [
     LoRAModule, SFTDataModule, QuantizationSettings, LoRASettings, LRSchedule,
-    AdapterExport, GenerationPreview, PredictionWriter,
+    AdapterExport, GenerationPreview, PredictionWriter, TrainingDiagnostics,
 ]
 
 

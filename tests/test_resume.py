@@ -62,8 +62,8 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_step_checkpoints_keep_the_newest_two(uninterrupted: Path):
     names = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
     # 12 optimizer steps: step checkpoints at 2, 4, ..., 12, of which 10 and 12 are
-    # kept; one checkpoint per epoch; one last; no partial file left behind.
-    assert names == ["epoch00-step6.ckpt", "epoch01-step12.ckpt", "last.ckpt", "step10.ckpt", "step12.ckpt"]
+    # kept; one checkpoint per epoch; one last; the best by val/loss; no partial file left behind.
+    assert names == ["best.ckpt", "epoch00-step6.ckpt", "epoch01-step12.ckpt", "last.ckpt", "step10.ckpt", "step12.ckpt"]
 
 
 def test_kill_mid_epoch_then_resume_from_last_equals_uninterrupted(uninterrupted: Path, tmp_path: Path):
@@ -83,9 +83,9 @@ def test_kill_mid_epoch_then_resume_from_last_equals_uninterrupted(uninterrupted
 
 def test_kill_during_a_checkpoint_write_keeps_the_previous_last(uninterrupted: Path, tmp_path: Path):
     # Writes so far: step2, last, step4, last, step6, last (on epoch 0's last batch),
-    # epoch00-step6, last (at the epoch's end), step8, then last again: killed with
-    # half of that tenth file on disk.
-    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillDuringSave", "--trainer.callbacks.save=10")
+    # epoch00-step6, last, best (at the epoch's end), step8, then last again: killed
+    # with half of that eleventh file on disk.
+    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillDuringSave", "--trainer.callbacks.save=11")
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / "checkpoints"
     assert (folder / "last.ckpt.partial").stat().st_size > 0  # the interrupted write

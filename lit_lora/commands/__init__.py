@@ -1,4 +1,4 @@
-"""Subcommands that are not a Trainer stage: ``merge``, ``generate``, ``evaluate``, ``preview``.
+"""Subcommands that are not a Trainer stage: ``merge``, ``generate``, ``evaluate``, ``preview``, ``plot``.
 
 Each is one function whose signature and Google-style docstring are its command
 line (``python -m lit_lora merge --help``); jsonargparse builds the parser, so the
@@ -19,9 +19,12 @@ COMMANDS = {
     "generate": "lit_lora.commands.generate:generate",
     "evaluate": "lit_lora.commands.evaluate:evaluate",
     "preview": "lit_lora.commands.preview:main",
+    "plot": "lit_lora.commands.plot:plot",
 }
 # Commands whose function takes the raw arguments: their command line is ``fit``'s.
 FIT_COMMAND_LINE = {"preview"}
+# Commands whose required arguments are positional: ``plot <run dir>``.
+POSITIONAL = {"plot"}
 
 
 def command(name: str) -> Callable[..., Any]:
@@ -37,4 +40,4 @@ def run_command(name: str, args: Sequence[str]) -> Any:
     function = command(name)
     if name in FIT_COMMAND_LINE:
         return function(list(args))
-    return auto_cli(function, args=list(args), as_positional=False, prog=f"python -m lit_lora {name}")
+    return auto_cli(function, args=list(args), as_positional=name in POSITIONAL, prog=f"python -m lit_lora {name}")

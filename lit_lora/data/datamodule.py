@@ -72,6 +72,7 @@ _NOT_IN_EXAMPLES = (
     "test_file",
     "predict_file",
     "batch_size",
+    "effective_batch_size",
     "eval_batch_size",
     "num_workers",
     "num_proc",
@@ -132,6 +133,12 @@ class SFTDataModule(LightningDataModule):
         train_on_prompt: Also train on prompt tokens (system and user turns, template
             text), not just on the responses.
         batch_size: Training examples per batch; with ``packing``, packed sequences per batch.
+            ``auto`` picks the largest power of two up to ``effective_batch_size`` whose
+            estimated memory at ``max_length`` fits the device once the model is loaded,
+            and sets the trainer's gradient accumulation to reach ``effective_batch_size``
+            (see ``lit_lora.auto_batch``); both are printed.
+        effective_batch_size: With ``batch_size: auto``, the examples per optimizer
+            step (micro-batch x gradient accumulation, rounded up); otherwise unused.
         eval_batch_size: Examples per validation, test and predict batch; unset uses
             ``batch_size``.
         num_workers: DataLoader worker processes; 0 loads batches in the main process.
@@ -185,7 +192,8 @@ class SFTDataModule(LightningDataModule):
         template: Literal["auto", "chat", "plain"] = "auto",
         max_length: int = 2048,
         train_on_prompt: bool = False,
-        batch_size: int = 4,
+        batch_size: int | Literal["auto"] = 4,
+        effective_batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         num_proc: int | None = None,
@@ -232,7 +240,8 @@ class SFTDataModule(LightningDataModule):
         check_template_name(template)
         for field, value, smallest in (
             ("max_length", max_length, 1),
-            ("batch_size", batch_size, 1),
+            ("batch_size", None if batch_size == "auto" else batch_size, 1),
+            ("effective_batch_size", effective_batch_size, 1),
             ("eval_batch_size", eval_batch_size, 1),
             ("num_workers", num_workers, 0),
             ("num_proc", num_proc, 1),
@@ -249,7 +258,9 @@ class SFTDataModule(LightningDataModule):
         self.template = template
         self.max_length = max_length
         self.train_on_prompt = train_on_prompt
+        # "auto" until lit_lora.auto_batch resolves it, once the model is loaded.
         self.batch_size = batch_size
+        self.effective_batch_size = effective_batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.num_proc = num_proc

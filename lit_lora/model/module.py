@@ -16,6 +16,7 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel
 
 from lit_lora.adapter_dir import check_adapter_dir
+from lit_lora.auto_batch import check_memory
 from lit_lora.errors import ConfigError
 from lit_lora.generation import end_token_ids, generate_texts
 from lit_lora.model.loading import base_model_folder, load_base_model
@@ -154,6 +155,8 @@ class LoRAModule(LightningModule):
         self.model = self.apply_adapter(base)
         trainable, total = self.model.get_nb_trainable_parameters()
         rank_zero_info(f"lit_lora: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%)")
+        if self._trainer is not None:
+            check_memory(self.trainer, self.model, self.quantization, self.gradient_checkpointing, self.optimizer_factory)
 
     def build_base_model(self) -> PreTrainedModel:
         """Load the frozen base model, quantized, on this process's device."""
@@ -260,17 +263,19 @@ class LoRAModule(LightningModule):
         torch._foreach_mul_(grads, scale)
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         seconds = time.perf_counter() - window["start"]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        # On the progress bar too (lit_lora.callbacks.progress shortens the names).
         self.log_dict(
             {
-                "train/grad_norm": grad_norm,
+                "train/loss": loss,
                 "train/lr": torch.tensor(optimizer.param_groups[0]["lr"]),
                 "train/supervised_tokens_per_sec": count / seconds,
             },
+            prog_bar=True,
             on_step=True,
             on_epoch=False,
             batch_size=1,
         )
+        self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False, batch_size=1)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._accumulate_eval_loss(batch, self.val_loss)

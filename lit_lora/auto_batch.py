@@ -1,0 +1,130 @@
+"""The memory check at the start of a run, and ``data.batch_size: auto``.
+
+Once the model is loaded, the run's memory is estimated (:mod:`lit_lora.memory`)
+and printed, and a warning names what to change when it will not fit.
+
+``batch_size: auto`` picks the micro-batch from that estimate: the largest power of
+two, at most ``data.effective_batch_size``, whose estimate fits in 90% of the memory
+still available, and sets gradient accumulation to reach the effective batch size.
+An estimate rather than probing forward/backward passes until one runs out of
+memory: a CPU has no out-of-memory error to catch (it swaps, or the process is
+killed), and the estimate needs no extra passes on any device. It is taken at
+``max_length``, the longest a batch can be, so shorter batches only fit better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_lora.memory import (
+    MemoryEstimate,
+    ModelShape,
+    available_memory,
+    estimate_memory,
+    optimizer_state_bytes,
+)
+from lit_lora.model.quantization import QuantizationSettings
+
+# Share of the available memory an estimate may take: the rest is for what it
+# leaves out (allocator fragmentation, temporary buffers, data loading).
+SAFETY_FRACTION = 0.9
+
+
+def largest_fitting_batch(need: Callable[[int], int], limit: int, budget: int) -> int:
+    """The largest power of two up to ``limit`` whose need is within ``budget`` (at least 1).
+
+    Args:
+        need: Bytes a micro-batch of the given size needs.
+        limit: Largest size to consider.
+        budget: Bytes it may need.
+    """
+    size = 1
+    while size * 2 <= limit and need(size * 2) <= budget:
+        size *= 2
+    return size
+
+
+def check_memory(
+    trainer: Trainer,
+    model: torch.nn.Module,
+    quantization: QuantizationSettings,
+    gradient_checkpointing: bool,
+    optimizer_factory: Callable,
+) -> MemoryEstimate | None:
+    """Resolve ``batch_size: auto``, print the memory estimate, and warn when it will not fit.
+
+    Called once the model is loaded and before the optimizer and data loaders are
+    built, so that a chosen micro-batch and accumulation apply to the whole run.
+
+    Args:
+        trainer: The running trainer; its data module gives ``batch_size`` and
+            ``max_length`` (without them nothing is checked).
+        model: The loaded, adapted model.
+        quantization: How its base is stored.
+        gradient_checkpointing: Whether activations are recomputed in backward.
+        optimizer_factory: Builds the optimizer from parameters; it is built once to
+            tell its state size, before any step allocates that state.
+
+    Returns:
+        The estimate at the micro-batch used, or None when there is no data module.
+    """
+    data = trainer.datamodule
+    if not (hasattr(data, "batch_size") and hasattr(data, "max_length")):
+        return None
+    training = trainer.state.fn == TrainerFn.FITTING
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer_bytes = optimizer_state_bytes(optimizer_factory(trainable), trainable) if training else 0
+    shape = ModelShape.from_model(model)
+    device = trainer.strategy.root_device
+    # Every device must pick the same micro-batch: take the least memory of any.
+    free = torch.tensor(float(available_memory(device)), dtype=torch.float64, device=device)
+    available = int(trainer.strategy.reduce(free, reduce_op="min"))
+    budget = int(SAFETY_FRACTION * available)
+
+    def estimate(batch_size: int) -> MemoryEstimate:
+        return estimate_memory(
+            shape,
+            batch_size,
+            data.max_length,
+            quantization,
+            optimizer_bytes,
+            gradient_checkpointing,
+            eager_attention=model.config._attn_implementation == "eager",
+            cuda=device.type == "cuda",
+            training=training,
+        )
+
+    if data.batch_size == "auto":
+        target = data.effective_batch_size
+        micro = largest_fitting_batch(lambda size: estimate(size).after_loading, target, budget)
+        data.batch_size = micro
+        if data.eval_batch_size == "auto":
+            data.eval_batch_size = micro
+        message = f"lit_lora: batch_size auto: micro-batch {micro}"
+        if training:
+            accumulation = trainer.accumulate_grad_batches = math.ceil(target / micro)
+            message += (
+                f" x gradient accumulation {accumulation} (effective batch {micro * accumulation}, "
+                f"data.effective_batch_size {target})"
+            )
+        rank_zero_info(f"{message} at max_length {data.max_length}")
+    result = estimate(data.batch_size)
+    rank_zero_info(
+        f"lit_lora: estimated memory at batch_size {data.batch_size} x max_length {data.max_length}, "
+        f"{available / 2**20:,.0f} MiB available on {device.type}:\n{result.table()}"
+    )
+    if result.after_loading > budget:
+        rank_zero_warn(
+            f"lit_lora: this run will likely not fit: after loading the model it needs about "
+            f"{result.after_loading / 2**20:,.0f} MiB more, and {SAFETY_FRACTION:.0%} of the "
+            f"{available / 2**20:,.0f} MiB available is {budget / 2**20:,.0f} MiB. Lower data.batch_size (or set it "
+            "to auto) and raise trainer.accumulate_grad_batches, lower data.max_length, set "
+            "model.gradient_checkpointing: true, use a 4-bit model.quantization.mode (nf4), or an 8-bit optimizer."
+        )
+    return result

@@ -1,0 +1,229 @@
+"""Training diagnostics: the rules on synthetic sequences, the callback's once-only
+warnings and early stop, divergence stopping a real run, and ``best.ckpt``."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_lora.callbacks.diagnostics import (
+    TrainingDiagnostics,
+    TrainingDiverged,
+    is_flat,
+    is_overfitting,
+    is_spike,
+    relative_change,
+)
+from lit_lora.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_spike_is_over_factor_times_the_median():
+    history = [1.0, 1.1, 0.9, 50.0, 1.0]  # one earlier outlier does not move the median
+    assert is_spike(history, 3.01, 3.0)
+    assert not is_spike(history, 3.0, 3.0)
+    assert not is_spike([], 100.0, 3.0)
+
+
+def test_flat_is_within_tolerance_of_the_first_loss():
+    assert is_flat([2.0, 2.01, 1.99, 2.0], 0.01)
+    assert not is_flat([2.0, 2.01, 1.97], 0.01)
+
+
+def test_overfitting_needs_val_rising_patience_times_while_train_falls():
+    assert is_overfitting([1.0, 1.1, 1.2], [2.0, 1.5, 1.0], patience=2)
+    assert not is_overfitting([1.0, 1.1, 1.2], [2.0, 1.5, 2.5], patience=2)  # train rose too
+    assert not is_overfitting([1.0, 1.2, 1.1], [2.0, 1.5, 1.0], patience=2)  # not every time
+    assert not is_overfitting([1.0, 1.1], [2.0, 1.5], patience=2)  # too few evaluations
+
+
+def test_relative_change_of_all_weights_together():
+    before = [torch.tensor([3.0, 0.0]), torch.zeros(2)]
+    assert relative_change(before, [torch.tensor([3.0, 4.0]), torch.zeros(2)]) == pytest.approx(4 / 3)
+    assert relative_change(before, before) == 0.0
+    assert relative_change([torch.zeros(1)], [torch.ones(1)]) == 1.0
+
+
+class Run:
+    """Feeds one optimizer step at a time through the callback's hooks, as Lightning would."""
+
+    def __init__(self, callback: TrainingDiagnostics, lr: float = 1e-3) -> None:
+        self.callback = callback
+        self.weight = torch.nn.Parameter(torch.ones(4))
+        self.optimizer = SimpleNamespace(param_groups=[{"params": [self.weight], "lr": lr}], defaults={"lr": lr})
+        self.trainer = SimpleNamespace(
+            callback_metrics={}, optimizers=[self.optimizer], global_step=0, precision="32-true",
+            precision_plugin=SimpleNamespace(), gradient_clip_val=0.3, checkpoint_callback=None,
+            sanity_checking=False, should_stop=False,
+        )  # fmt: skip
+        self.module = torch.nn.Module()
+        self.module.weight = self.weight
+
+    def step(self, loss: float, grad_norm: float = 1.0, grad: float = 0.1) -> None:
+        self.weight.grad = torch.full((4,), grad)
+        self.callback.on_before_optimizer_step(self.trainer, self.module, self.optimizer)
+        self.trainer.global_step += 1
+        self.trainer.callback_metrics.update({"train/loss": torch.tensor(loss), "train/grad_norm": torch.tensor(grad_norm)})
+        self.callback.on_train_batch_end(self.trainer, self.module, None, None, 0)
+
+    def validate(self, val_loss: float) -> None:
+        self.trainer.callback_metrics["val/loss"] = torch.tensor(val_loss)
+        self.callback.on_validation_end(self.trainer, self.module)
+
+
+def messages(record) -> list[str]:
+    return [str(w.message) for w in record if "diagnostics" in str(w.message)]
+
+
+def quiet(**kwargs) -> TrainingDiagnostics:
+    """Only the checks a test names are on."""
+    return TrainingDiagnostics(**{"flat_loss_steps": 0, "stale_every_n_steps": 0, **kwargs})
+
+
+def test_loss_and_grad_norm_spikes_warn_once_each(recwarn):
+    run = Run(quiet(window=4, loss_spike_factor=3.0, grad_norm_spike_factor=10.0))
+    for _ in range(4):
+        run.step(2.0, grad_norm=1.0)
+    run.step(5.9, grad_norm=9.9)
+    assert messages(recwarn) == []
+    run.step(6.1, grad_norm=10.1)
+    run.step(50.0, grad_norm=100.0)
+    found = messages(recwarn)
+    assert len(found) == 2
+    assert "loss jumped to 6.1" in found[0] and "model.init_args.optimizer.init_args.lr" in found[0]
+    assert "gradient norm jumped to 10.1" in found[1] and "trainer.gradient_clip_val" in found[1]
+
+
+def test_no_spike_before_the_window_is_full(recwarn):
+    run = Run(quiet(window=4))
+    run.step(1.0)
+    run.step(100.0, grad_norm=1000.0)
+    assert messages(recwarn) == []
+
+
+def test_flat_loss_from_the_start_names_the_learning_rate(recwarn):
+    run = Run(quiet(flat_loss_steps=3, flat_loss_tolerance=0.01), lr=1e-7)
+    for loss in (2.0, 2.01, 1.995, 0.5):
+        run.step(loss)
+    [message] = messages(recwarn)
+    assert "first 3 steps" in message and "1e-07" in message and "target_modules" in message
+    moving = Run(quiet(flat_loss_steps=3))
+    for loss in (2.0, 1.9, 1.8):
+        moving.step(loss)
+    assert len(messages(recwarn)) == 1
+
+
+def test_weights_that_stopped_changing_warn_unless_the_schedule_ended(recwarn):
+    run = Run(quiet(stale_every_n_steps=2, stale_tolerance=1e-4))
+    run.step(1.0)
+    run.step(1.0)  # step 2: first copy
+    run.weight.data += 1.0
+    run.step(1.0)
+    run.step(1.0)  # step 4: changed by 50%
+    assert messages(recwarn) == []
+    run.step(1.0)
+    run.step(1.0)  # step 6: unchanged
+    [message] = messages(recwarn)
+    assert "changed by only 0.00e+00" in message and "over the last 2 steps" in message
+    decayed = Run(quiet(stale_every_n_steps=2))
+    for lr in (1e-3, 1e-3, 1e-5, 1e-5):  # a cosine tail: small updates are expected
+        decayed.optimizer.param_groups[0]["lr"] = lr
+        decayed.step(1.0)
+    assert len(messages(recwarn)) == 1
+
+
+def test_overfitting_warns_and_early_stop_waits_for_patience(recwarn):
+    run = Run(quiet(overfit_patience=2, early_stop_patience=3))
+    for train, val in [(3.0, 2.0), (2.5, 2.1), (2.0, 2.2)]:
+        run.step(train)
+        run.validate(val)
+    [message] = messages(recwarn)
+    assert "overfitting" in message and "best.ckpt" in message and "early_stop_patience" in message
+    assert not run.trainer.should_stop
+    run.step(1.5)
+    run.validate(2.3)
+    assert run.trainer.should_stop
+
+
+def test_early_stop_is_off_by_default():
+    run = Run(quiet())
+    for val in (1.0, 2.0, 3.0, 4.0, 5.0):
+        run.step(1.0)
+        run.validate(val)
+    assert not run.trainer.should_stop
+
+
+def test_nan_gradients_stop_before_the_update():
+    run = Run(quiet(), lr=10.0)
+    run.step(1.0)
+    with pytest.raises(TrainingDiverged, match=r"step 2: the gradients are NaN.*before its update.*lr, set to 10\.0"):
+        run.step(1.0, grad=math.nan)
+    assert run.trainer.global_step == 1
+
+
+def test_inf_loss_stops_and_fp16_names_bf16():
+    run = Run(quiet())
+    run.trainer.precision = "16-true"
+    with pytest.raises(TrainingDiverged, match=r"the loss is inf.*bf16-mixed instead of 16-true"):
+        run.step(math.inf)
+
+
+def test_stop_on_nan_false_only_warns(recwarn):
+    run = Run(quiet(stop_on_nan=False))
+    run.step(math.nan, grad=math.nan)
+    assert len(messages(recwarn)) == 1
+
+
+def tiny(root: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
+
+
+def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def test_best_checkpoint_is_the_epoch_with_the_lowest_val_loss(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(tiny(tmp_path, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4",
+                  "--trainer.limit_val_batches", "1"))  # fmt: skip
+    folder = tmp_path / "checkpoints"
+    [log] = tmp_path.rglob("metrics.csv")
+    val = {int(row["epoch"]): float(row["val/loss"]) for row in csv.DictReader(log.open()) if row.get("val/loss")}
+    assert len(val) == 3
+    [best] = folder.glob(f"epoch{min(val, key=val.get):02d}-*.ckpt")
+    expected = adapter_weights(best)
+    found = adapter_weights(folder / "best.ckpt")
+    assert expected.keys() == found.keys() and all(torch.equal(expected[k], found[k]) for k in expected)
+
+
+def test_a_diverging_run_stops_with_the_advice_and_a_usable_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny(tmp_path / "run", "--model.class_path", "diverging.DivergingModule",
+                  "--model.init_args.optimizer.init_args.lr", "10", "--step_checkpoint.every_n_train_steps", "2"))  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 3: the gradients are NaN or Inf" in err
+    assert "model.init_args.optimizer.init_args.lr, set to 10.0" in err and "trainer.gradient_clip_val" in err
+    folder = tmp_path / "run" / "checkpoints"
+    assert str(folder / "last.ckpt") in err
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step2.ckpt"]  # nothing of step 3
+    checkpoint = torch.load(folder / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
+    assert not (tmp_path / "run" / "adapter").exists()  # no export of a broken adapter
+    # It loads into a plain module and evaluates to a finite loss.
+    validated = main(["validate", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path / "val"),
+                      "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
+                      "--ckpt_path", str(folder / "last.ckpt")])  # fmt: skip
+    assert math.isfinite(float(validated.trainer.callback_metrics["val/loss"]))

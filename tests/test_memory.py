@@ -1,0 +1,134 @@
+"""The memory estimate, hand-computed on a small shape, and ``data.batch_size: auto`` on the tiny model."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from tiny import REPO
+
+from lit_lora import QuantizationSettings
+from lit_lora.auto_batch import largest_fitting_batch
+from lit_lora.cli import main
+from lit_lora.memory import (
+    ModelShape,
+    estimate_memory,
+    optimizer_state_bytes,
+    quantized_bytes_per_param,
+)
+
+SHAPE = ModelShape(
+    quantizable_params=1_000_000, other_params=10_000, trainable_params=2_000,
+    hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, vocab_size=512,
+)
+NF4 = QuantizationSettings(mode="nf4", double_quant=True, compute_dtype="float32")
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        # 4 bits, plus an 8-bit absmax per 64 weights and a float32 constant per 64 x 256.
+        (NF4, 0.5 + 1 / 64 + 4 / (64 * 256)),
+        # 4 bits, plus a float32 absmax per 64 weights.
+        (QuantizationSettings(mode="fp4", double_quant=False), 0.5 + 4 / 64),
+        (QuantizationSettings(mode="int8"), 1.0),
+        (QuantizationSettings(mode="none", compute_dtype="bfloat16"), 2),
+        (QuantizationSettings(mode="none", compute_dtype="float32"), 4),
+    ],
+)
+def test_bytes_per_base_weight_follow_the_quantization_mode(settings, expected):
+    assert quantized_bytes_per_param(settings) == pytest.approx(expected)
+
+
+def test_every_component_is_exact_for_a_small_shape():
+    estimate = estimate_memory(SHAPE, 2, 8, NF4, optimizer_bytes=4_000, gradient_checkpointing=True)
+    assert estimate.base_weights == round(1_000_000 * (0.5 + 1 / 64 + 4 / 16384) + 10_000 * 4)
+    assert estimate.adapter == estimate.gradients == 2_000 * 4
+    assert estimate.optimizer == 4_000
+    # 16 tokens x (2 layer inputs x 64 + one layer's 16 x 64 + 4 x 128) float32 elements.
+    assert estimate.activations == 16 * (2 * 64 + 16 * 64 + 4 * 128) * 4
+    # 16 tokens x 512 scores, float32 logits plus the loss's 8 bytes.
+    assert estimate.logits == 16 * 512 * (4 + 8)
+    assert estimate.overhead == 0
+    assert estimate.total == sum(
+        [estimate.base_weights, 16_000, 4_000, estimate.activations, estimate.logits]
+    )
+    assert estimate.after_loading == estimate.total - estimate.base_weights - estimate.adapter
+
+
+def test_unquantized_weights_stay_in_the_compute_dtype():
+    bf16 = QuantizationSettings(mode="none", compute_dtype="bfloat16")
+    estimate = estimate_memory(SHAPE, 1, 8, bf16, optimizer_bytes=0, gradient_checkpointing=True)
+    assert estimate.base_weights == 1_010_000 * 2
+
+
+def test_estimate_grows_with_batch_and_length_and_checkpointing_saves_activations():
+    def total(batch, length, checkpointing=True):
+        return estimate_memory(SHAPE, batch, length, NF4, 0, checkpointing).total
+
+    assert total(1, 64) < total(2, 64) < total(4, 64)
+    assert total(2, 64) < total(2, 128) < total(2, 256)
+    full = estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=False).activations
+    assert estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=True).activations < full
+    eager = estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=False, eager_attention=True)
+    assert eager.activations == full + 2 * 64 * 2 * (4 * 64) * 4  # heads x t probabilities per token and layer
+
+
+@pytest.mark.parametrize(
+    "build, bytes_per_param",
+    [
+        (lambda p: torch.optim.AdamW(p), 8),
+        (lambda p: bnb.optim.AdamW8bit(p), 2),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 4),
+        (lambda p: torch.optim.SGD(p, lr=0.1), 0),
+    ],
+)
+def test_optimizer_state_follows_the_optimizer(build, bytes_per_param):
+    params = [torch.nn.Parameter(torch.zeros(64, 128))]  # 8192 elements: 8-bit states apply
+    assert optimizer_state_bytes(build(params), params) == 8192 * bytes_per_param
+
+
+def test_small_tensors_keep_float32_states_in_8bit_optimizers():
+    params = [torch.nn.Parameter(torch.zeros(8, 64))]  # below bitsandbytes' min_8bit_size of 4096
+    assert optimizer_state_bytes(bnb.optim.PagedAdamW8bit(params), params) == 512 * 8
+
+
+def test_largest_fitting_batch_is_a_power_of_two_within_budget_and_limit():
+    need = lambda size: 100 * size
+    assert largest_fitting_batch(need, limit=16, budget=650) == 4
+    assert largest_fitting_batch(need, limit=2, budget=10_000) == 2
+    assert largest_fitting_batch(need, limit=16, budget=10) == 1
+
+
+def fit_auto(tmp_path, monkeypatch, *extra):
+    """One optimizer step of configs/tiny.yaml with ``batch_size: auto``; the CLI and what it printed."""
+    # Captured at the source: whether Lightning's log reaches pytest's handlers depends
+    # on what imported Lightning first.
+    printed = []
+    monkeypatch.setattr("lit_lora.auto_batch.rank_zero_info", printed.append)
+    cli = main(["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path / "run"),
+                "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "auto",
+                "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *extra])
+    return cli, "\n".join(printed)
+
+
+def test_auto_batch_size_picks_a_micro_batch_and_accumulation(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cli, log = fit_auto(tmp_path, monkeypatch, "--data.init_args.effective_batch_size", "16")
+    micro, accumulation = cli.datamodule.batch_size, cli.trainer.accumulate_grad_batches
+    # The tiny model needs a few MiB per batch: all 16 fit at once.
+    assert (micro, accumulation) == (16, 1)
+    assert f"micro-batch {micro} x gradient accumulation {accumulation}" in log
+    assert "estimated memory at batch_size 16 x max_length 128" in log
+
+
+def test_auto_batch_size_shrinks_and_warns_when_memory_is_short(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    # 1 MB: 90% of it holds no micro-batch of 128 tokens (~1.6 MB each), so 1 is the floor.
+    monkeypatch.setattr("lit_lora.auto_batch.available_memory", lambda device: 1_000_000)
+    with pytest.warns(UserWarning, match="will likely not fit"):
+        cli, log = fit_auto(tmp_path, monkeypatch)
+    micro, accumulation = cli.datamodule.batch_size, cli.trainer.accumulate_grad_batches
+    assert (micro, accumulation) == (1, 16)
+    assert micro * accumulation >= 16
+    assert "micro-batch 1 x gradient accumulation 16 (effective batch 16" in log
