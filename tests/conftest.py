@@ -28,3 +28,18 @@ def tiny_adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     """Two different adapters (seeds 1 and 2) for the tiny random base, trained on nf4."""
     root = tmp_path_factory.mktemp("adapters")
     return write_tiny_adapter(root / "a", seed=1), write_tiny_adapter(root / "b", seed=2)
+
+
+@pytest.fixture
+def keep_global_generators():
+    """For tests that reseed and advance the global generators: give other tests theirs back."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy)

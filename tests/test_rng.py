@@ -16,15 +16,8 @@ import torch
 
 from lit_lora.rng import rng_states, set_rng_states
 
-
-@pytest.fixture(autouse=True)
-def keep_global_generators():
-    """These tests reseed and advance the global generators; give other tests theirs back."""
-    python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    random.setstate(python)
-    np.random.set_state(numpy)
+# These tests reseed and advance the global generators; give other tests theirs back.
+pytestmark = pytest.mark.usefixtures("keep_global_generators")
 
 
 def draws() -> dict:

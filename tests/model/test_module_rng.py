@@ -17,15 +17,8 @@ import torch
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 
-
-@pytest.fixture(autouse=True)
-def keep_global_generators():
-    """These tests reseed and advance the global generators; give other tests theirs back."""
-    python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    random.setstate(python)
-    np.random.set_state(numpy)
+# These tests reseed and advance the global generators; give other tests theirs back.
+pytestmark = pytest.mark.usefixtures("keep_global_generators")
 
 
 @pytest.fixture(scope="module")
