@@ -73,3 +73,25 @@ def test_the_readme_shows_the_preview_of_the_quickstart_data(gguf_dir, monkeypat
         "--num_examples", "1", "--color", "never",
     ])  # fmt: skip
     assert printed.strip() == shown.strip()
+
+
+def test_learning_rate_10_stops_as_diverged_and_resumes_from_the_kept_state(gguf_dir, tmp_path, monkeypatch, capsys):
+    """The quickstart at lr 10: the loss stays finite (0.59, then 14, 27, 47...) but is past
+    chance after one update, so the run stops there and keeps the starting state."""
+    monkeypatch.chdir(REPO)
+    quickstart = ["fit", "--config", "configs/quickstart.yaml", "--model.init_args.model_name_or_path", str(gguf_dir),
+                  "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks=[]",
+                  "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main([*quickstart, "--model.init_args.optimizer.init_args.lr", "10", "--trainer.max_steps", "6"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 2: the loss exploded to" in err
+    assert "worse than guessing uniformly (10.8)" in err and "model.init_args.optimizer.init_args.lr" in err
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"{last} now holds step 0" in err
+    assert torch.load(last, weights_only=False)["global_step"] == 0
+    resumed = main([*quickstart, "--ckpt_path", "last", "--model.init_args.optimizer.init_args.lr", "3e-4",
+                    "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])  # fmt: skip
+    assert resumed.trainer.global_step == 2
+    assert float(resumed.trainer.callback_metrics["train/loss"]) < 1.0

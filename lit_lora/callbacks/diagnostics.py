@@ -1,10 +1,12 @@
 """Training diagnostics: the usual failure signs, reported when they happen.
 
-Each message names the likely cause and the setting to change. A non-finite loss or
-gradient stops the run (:class:`TrainingDiverged`) before the bad update is applied
-and before any checkpoint of it is written; the other signs (flat loss, loss and
-gradient-norm spikes, adapter weights that stopped moving, overfitting) warn once
-each. The rules are plain functions on number sequences so they can be tested alone.
+Each message names the likely cause and the setting to change. Divergence (a NaN or
+Inf loss or gradient, or a finite loss that exploded past chance) stops the run with
+:class:`TrainingDiverged` and rewrites ``last.ckpt`` with the newest state whose loss
+was checked healthy, so ``--ckpt_path last`` with a lower learning rate carries on from
+there. The other signs (flat loss, loss and gradient-norm spikes, adapter weights that
+stopped moving, overfitting) warn once each. The rules are plain functions on numbers
+so they can be tested alone.
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ def is_overfitting(val_losses: Sequence[float], train_losses: Sequence[float], p
     return rising and train_losses[-1] < train_losses[-patience - 1]
 
 
+def is_exploded(loss: float, first_loss: float, chance_loss: float) -> bool:
+    """Whether ``loss`` is above both ``chance_loss`` and twice ``first_loss``.
+
+    A model that scores worse than guessing uniformly has diverged even while its loss
+    stays finite (pre-norm transformers keep it finite for a long while: at lr 10 the
+    quickstart's loss goes 0.59, 14, 27, 47). The second bound keeps a randomly
+    initialised model, which starts at about chance, from tripping it.
+    """
+    return loss > max(chance_loss, 2.0 * first_loss)
+
+
 def relative_change(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> float:
     """``‖after − before‖ / ‖before‖`` over all tensors together (1.0 from all-zero weights)."""
     delta = math.sqrt(sum(float((a.float() - b.float()).square().sum()) for a, b in zip(after, before)))
@@ -73,10 +86,14 @@ class TrainingDiagnostics(Callback):
     optimizer step, and ``val/loss`` after each validation. Warnings come once per kind.
 
     Args:
-        stop_on_nan: Stop the run with an error when the loss or the gradients become
-            NaN or Inf, before the update is applied, so the newest checkpoint keeps
-            finite weights. False only warns (with fp16 the grad scaler already skips
-            steps whose gradients overflow; those are not reported).
+        stop_on_divergence: Stop the run with an error when the loss or the gradients
+            become NaN or Inf, or the loss exceeds both chance (the module's
+            ``chance_loss()``, ``ln(vocabulary size)`` for a language model) and twice
+            the first step's loss. False only warns (with fp16 the grad scaler already
+            skips steps whose gradients overflow; those are not reported).
+        keep_last_good: On divergence, rewrite ``last.ckpt`` in the checkpoint folder with
+            the newest state whose loss was checked healthy (the run's start, at worst).
+            Costs an in-memory copy of the adapter and optimizer state per step.
         window: Optimizer steps whose median loss and gradient norm a spike is measured
             against; spikes are looked for once this many steps have passed.
         loss_spike_factor: A step loss above this many times the window's median is a spike.
@@ -99,7 +116,8 @@ class TrainingDiagnostics(Callback):
 
     def __init__(
         self,
-        stop_on_nan: bool = True,
+        stop_on_divergence: bool = True,
+        keep_last_good: bool = True,
         window: int = 20,
         loss_spike_factor: float = 3.0,
         grad_norm_spike_factor: float = 10.0,
@@ -112,7 +130,8 @@ class TrainingDiagnostics(Callback):
     ) -> None:
         if window < 1 or overfit_patience < 1 or (early_stop_patience is not None and early_stop_patience < 1):
             raise ConfigError("diagnostics: window, overfit_patience and early_stop_patience must be >= 1.")
-        self.stop_on_nan = stop_on_nan
+        self.stop_on_divergence = stop_on_divergence
+        self.keep_last_good = keep_last_good
         self.window = window
         self.loss_spike_factor = loss_spike_factor
         self.grad_norm_spike_factor = grad_norm_spike_factor
@@ -132,8 +151,22 @@ class TrainingDiagnostics(Callback):
         self._peak_lr = 0.0
         self._stepped = False
         self._warned: set[str] = set()
+        self._chance_loss: float | None = None
+        self._first_loss: float | None = None
+        # Checkpoints held in memory: ``_verified`` was written before a step whose loss
+        # was healthy; ``_pending`` holds the weights the next step trains with.
+        self._verified: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        chance = getattr(pl_module, "chance_loss", None)
+        self._chance_loss = chance() if callable(chance) else None
+        self._first_loss = self._verified = self._pending = None
+        # A resumed run's starting state is its checkpoint file; a new run's is this.
+        if self.keep_last_good and trainer.ckpt_path is None:
+            self._pending = self._dump_checkpoint(trainer)
+
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         # Callbacks run before the module's hook and before the optimizer: the last
         # moment the weights are still good. The fp16 grad scaler skips overflowing
@@ -160,6 +193,18 @@ class TrainingDiagnostics(Callback):
         if not math.isfinite(loss):
             self._diverged(trainer, f"the loss is {loss}", stopped_before_update=False)
             return
+        if self._first_loss is None:
+            self._first_loss = loss
+        elif self._chance_loss is not None and is_exploded(loss, self._first_loss, self._chance_loss):
+            self._diverged(
+                trainer,
+                f"the loss exploded to {loss:.4g}, worse than guessing uniformly ({self._chance_loss:.4g}) and over "
+                f"twice the first step's {self._first_loss:.4g}",
+                stopped_before_update=False,
+            )
+            return
+        if self.keep_last_good:
+            self._verified, self._pending = self._pending, self._dump_checkpoint(trainer)
         self._check_loss(loss, trainer)
         if "train/grad_norm" in metrics:
             self._check_grad_norm(float(metrics["train/grad_norm"]))
@@ -256,20 +301,43 @@ class TrainingDiagnostics(Callback):
         ]
         if precision.startswith("16"):
             advice.insert(1, f"bf16-mixed instead of {precision} (trainer.precision)")
-        when = "before its update was applied" if stopped_before_update else "before it was checkpointed"
-        message = (
-            f"training diverged at step {trainer.global_step + stopped_before_update}: {what}. "
-            f"Stopped {when}; {self._newest_checkpoint(trainer)} Try {', '.join(advice)}."
-        )
-        if not self.stop_on_nan:
+        # The diverging step trained with the weights of the step before it, so those
+        # are already bad; the newest good ones are from two steps back.
+        step = trainer.global_step + stopped_before_update
+        message = f"training diverged at step {step}: {what}. {self._keep_last_good(trainer, step)} Try {', '.join(advice)}."
+        if not self.stop_on_divergence:
             self._warn_once("diverged", message)
             return
         raise TrainingDiverged(message)
 
-    @staticmethod
-    def _newest_checkpoint(trainer: Trainer) -> str:
+    def _keep_last_good(self, trainer: Trainer, step: int) -> str:
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
-        saved = sorted(Path(folder).glob("*.ckpt"), key=lambda path: path.stat().st_mtime) if folder else []
-        if not saved:
-            return "no checkpoint was saved before it, so start over with one of these changes."
-        return f"the newest checkpoint, {saved[-1]}, holds the last good weights."
+        if not self.stop_on_divergence or folder is None:
+            return f"Checkpoints of step {step - 2} or earlier hold good weights."
+        if self._verified is None:
+            if trainer.ckpt_path is not None:
+                return f"The newest good state is the checkpoint this run resumed from, {trainer.ckpt_path}."
+            return "No state before it was checked healthy: start over."
+        path = Path(folder) / "last.ckpt"
+        trainer.strategy.save_checkpoint(self._verified, path)
+        return (
+            f"{path} now holds step {self._verified['global_step']}, the newest state checked healthy (later step "
+            "checkpoints hold diverged weights): resume with --ckpt_path last and one of these changes."
+        )
+
+    @staticmethod
+    def _dump_checkpoint(trainer: Trainer) -> dict[str, Any]:
+        """The checkpoint Lightning would write now, with its tensors copied to the CPU."""
+        return _copy_tensors(trainer._checkpoint_connector.dump_checkpoint(weights_only=False))
+
+
+def _copy_tensors(value: Any) -> Any:
+    # The optimizer state in a dumped checkpoint is the live one, updated in place by the
+    # next step; a copy keeps it as of now. Other values are rebuilt or immutable.
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _copy_tensors(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_tensors(item) for item in value)
+    return value

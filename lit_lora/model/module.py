@@ -332,6 +332,8 @@ class LoRAModule(LightningModule):
         groups = parameter_groups(self.model.named_parameters(), self.embedding_lr_ratio)
         optimizer = self.optimizer_factory(groups)
         scale_group_learning_rates(optimizer)
+        # The settings from this run's config, which win over a resumed checkpoint's.
+        self._configured_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ConfigError("trainer: the run has no end; set trainer.max_epochs or trainer.max_steps so the schedule knows its length.")
@@ -345,10 +347,41 @@ class LoRAModule(LightningModule):
         # restart the epoch. Hand it back now, before the first batch is drawn (a no-op
         # when Lightning has done so, or when not resuming mid-epoch).
         self.trainer.fit_loop._load_combined_loader_states()
-        # After a restore, the schedule may cover a longer run than the one saved.
         scheduler = self.lr_schedulers()
+        if self.trainer.ckpt_path is not None:
+            self._apply_configured_optimizer_settings(scheduler)
+        # After a restore, the schedule may cover a longer run than the one saved.
         if scheduler is not None:
             resync_learning_rates(scheduler)
+
+    def _apply_configured_optimizer_settings(self, scheduler: Any) -> None:
+        # Restoring a checkpoint brings back the optimizer settings it was saved with,
+        # so resuming a diverged run "with a lower learning rate" would silently keep the
+        # old one. The config of the resumed run wins; the moments and the step count
+        # stay as saved.
+        optimizer = self.trainer.optimizers[0]
+        changes = set()
+        for group, configured in zip(optimizer.param_groups, self._configured_groups):
+            for key, value in configured.items():
+                # A saved "lr" is the scheduled one of its step; its peak is "initial_lr".
+                saved = group.get("initial_lr", group["lr"]) if key == "lr" else group.get(key)
+                if saved != value:
+                    changes.add(f"{key} {saved} -> {value}")
+                group[key] = value
+            group["initial_lr"] = configured["lr"]  # the schedule's peak
+        if scheduler is not None:
+            scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        if changes:
+            rank_zero_info(f"lit_lora: resuming with this config's optimizer settings, not the checkpoint's: {', '.join(sorted(changes))}")
+
+    def chance_loss(self) -> float:
+        """The loss of guessing every token uniformly, ``ln(vocabulary size)`` nats.
+
+        A training loss above it means the model knows less than nothing: the
+        diagnostics stop such a run as diverged. Subclasses with another output
+        (classes, preference pairs) return their own.
+        """
+        return math.log(self.model.config.vocab_size)
 
     # ------------------------------------------------------------------ checkpoints
     def _trainable_shapes(self) -> dict[str, torch.Size]:

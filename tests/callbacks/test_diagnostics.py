@@ -16,6 +16,7 @@ from lit_lora.callbacks.diagnostics import (
     TrainingDiagnostics,
     TrainingDiverged,
     is_flat,
+    is_exploded,
     is_overfitting,
     is_spike,
     relative_change,
@@ -42,6 +43,14 @@ def test_overfitting_needs_val_rising_patience_times_while_train_falls():
     assert not is_overfitting([1.0, 1.1, 1.2], [2.0, 1.5, 2.5], patience=2)  # train rose too
     assert not is_overfitting([1.0, 1.2, 1.1], [2.0, 1.5, 1.0], patience=2)  # not every time
     assert not is_overfitting([1.0, 1.1], [2.0, 1.5], patience=2)  # too few evaluations
+
+
+def test_exploded_is_above_chance_and_twice_the_first_loss():
+    chance = math.log(49152)  # 10.80
+    assert is_exploded(14.2, first_loss=0.59, chance_loss=chance)  # the quickstart at lr 10
+    assert not is_exploded(10.8, first_loss=0.59, chance_loss=chance)
+    assert not is_exploded(11.0, first_loss=10.9, chance_loss=chance)  # random init starts near chance
+    assert is_exploded(21.9, first_loss=10.9, chance_loss=chance)
 
 
 def test_relative_change_of_all_weights_together():
@@ -84,7 +93,7 @@ def messages(record) -> list[str]:
 
 def quiet(**kwargs) -> TrainingDiagnostics:
     """Only the checks a test names are on."""
-    return TrainingDiagnostics(**{"flat_loss_steps": 0, "stale_every_n_steps": 0, **kwargs})
+    return TrainingDiagnostics(**{"flat_loss_steps": 0, "stale_every_n_steps": 0, "keep_last_good": False, **kwargs})
 
 
 def test_loss_and_grad_norm_spikes_warn_once_each(recwarn):
@@ -163,9 +172,19 @@ def test_early_stop_is_off_by_default():
 def test_nan_gradients_stop_before_the_update():
     run = Run(quiet(), lr=10.0)
     run.step(1.0)
-    with pytest.raises(TrainingDiverged, match=r"step 2: the gradients are NaN.*before its update.*lr, set to 10\.0"):
+    with pytest.raises(TrainingDiverged, match=r"step 2: the gradients are NaN.*step 0 or earlier.*lr, set to 10\.0"):
         run.step(1.0, grad=math.nan)
     assert run.trainer.global_step == 1
+
+
+def test_a_finite_loss_past_chance_stops():
+    run = Run(quiet())
+    run.module.chance_loss = lambda: 5.0
+    run.callback.on_train_start(run.trainer, run.module)
+    run.step(1.0)
+    run.step(4.9)  # over twice the first loss, but not past chance
+    with pytest.raises(TrainingDiverged, match=r"step 3: the loss exploded to 5\.1, worse than guessing uniformly \(5\)"):
+        run.step(5.1)
 
 
 def test_inf_loss_stops_and_fp16_names_bf16():
@@ -175,8 +194,8 @@ def test_inf_loss_stops_and_fp16_names_bf16():
         run.step(math.inf)
 
 
-def test_stop_on_nan_false_only_warns(recwarn):
-    run = Run(quiet(stop_on_nan=False))
+def test_stop_on_divergence_false_only_warns(recwarn):
+    run = Run(quiet(stop_on_divergence=False))
     run.step(math.nan, grad=math.nan)
     assert len(messages(recwarn)) == 1
 
@@ -206,7 +225,7 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_val_loss(tmp_path, monkeyp
     assert expected.keys() == found.keys() and all(torch.equal(expected[k], found[k]) for k in expected)
 
 
-def test_a_diverging_run_stops_with_the_advice_and_a_usable_checkpoint(tmp_path, monkeypatch, capsys):
+def test_a_diverging_run_keeps_the_last_good_state_and_resumes_at_a_lower_lr(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_info:
         main(tiny(tmp_path / "run", "--model.class_path", "diverging.DivergingModule",
@@ -216,14 +235,22 @@ def test_a_diverging_run_stops_with_the_advice_and_a_usable_checkpoint(tmp_path,
     assert "training diverged at step 3: the gradients are NaN or Inf" in err
     assert "model.init_args.optimizer.init_args.lr, set to 10.0" in err and "trainer.gradient_clip_val" in err
     folder = tmp_path / "run" / "checkpoints"
-    assert str(folder / "last.ckpt") in err
-    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step2.ckpt"]  # nothing of step 3
+    # Step 3 trained with the weights after step 2, so those are suspect too: last.ckpt
+    # goes back to step 1, the newest state whose loss was seen healthy.
+    assert f"{folder / 'last.ckpt'} now holds step 1" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step2.ckpt"]
     checkpoint = torch.load(folder / "last.ckpt", weights_only=False)
-    assert checkpoint["global_step"] == 2
+    assert checkpoint["global_step"] == 1
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 10.0
     assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
     assert not (tmp_path / "run" / "adapter").exists()  # no export of a broken adapter
-    # It loads into a plain module and evaluates to a finite loss.
-    validated = main(["validate", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path / "val"),
-                      "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
-                      "--ckpt_path", str(folder / "last.ckpt")])  # fmt: skip
-    assert math.isfinite(float(validated.trainer.callback_metrics["val/loss"]))
+    # Resuming with a lower learning rate uses it, not the checkpoint's.
+    resumed = main(tiny(tmp_path / "run", "--ckpt_path", "last", "--model.init_args.optimizer.init_args.lr", "0.002",
+                        "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1"))  # fmt: skip
+    assert "optimizer settings, not the checkpoint's: lr 10.0 -> 0.002" in caplog.text
+    assert resumed.trainer.global_step == 4
+    assert resumed.trainer.optimizers[0].param_groups[0]["initial_lr"] == 0.002
+    [log] = (tmp_path / "run").rglob("metrics.csv")
+    lrs = [float(row["train/lr"]) for row in csv.DictReader(log.open()) if row.get("train/lr")]
+    assert lrs and max(lrs) == pytest.approx(0.002)  # warmup is over at step 1 of 4 (ratio 0.1)
+    assert math.isfinite(float(resumed.trainer.callback_metrics["train/loss"]))
