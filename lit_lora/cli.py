@@ -129,6 +129,16 @@ class LitLoraCLI(LightningCLI):
         callbacks = self.trainer.callbacks
         callbacks[callbacks.index(bar)] = RunProgressBar()
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config as given when resuming (LightningCLI would re-parse it).
+
+        LightningCLI reads the checkpoint's hyperparameters back into ``model``, over
+        the YAML and the command line: the optimizer, which is not a hyperparameter,
+        fell back to its default, and a lower learning rate for resuming a diverged
+        run was discarded. The config flows one way; a checkpoint whose adapter does
+        not fit it is refused by ``LoRAModule.on_load_checkpoint``.
+        """
+
     def _adapter_as_ckpt_path(self, config: Namespace) -> None:
         """Let ``validate``/``test``/``predict`` take a PEFT adapter folder as ``--ckpt_path``."""
         ckpt_path = config.get("ckpt_path")

@@ -75,7 +75,7 @@ def test_the_readme_shows_the_preview_of_the_quickstart_data(gguf_dir, monkeypat
     assert printed.strip() == shown.strip()
 
 
-def test_learning_rate_10_stops_as_diverged_and_resumes_from_the_kept_state(gguf_dir, tmp_path, monkeypatch, capsys):
+def test_learning_rate_10_stops_as_diverged_and_resumes_from_the_kept_state(gguf_dir, tmp_path, monkeypatch, capsys, caplog):
     """The quickstart at lr 10: the loss stays finite (0.59, then 14, 27, 47...) but is past
     chance after one update, so the run stops there and keeps the starting state."""
     monkeypatch.chdir(REPO)
@@ -94,4 +94,5 @@ def test_learning_rate_10_stops_as_diverged_and_resumes_from_the_kept_state(gguf
     resumed = main([*quickstart, "--ckpt_path", "last", "--model.init_args.optimizer.init_args.lr", "3e-4",
                     "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])  # fmt: skip
     assert resumed.trainer.global_step == 2
+    assert "optimizer settings, not the checkpoint's: lr 10.0 -> 0.0003" in caplog.text
     assert float(resumed.trainer.callback_metrics["train/loss"]) < 1.0

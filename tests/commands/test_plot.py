@@ -110,3 +110,17 @@ def test_other_loggers_are_chosen_in_yaml_and_log_under_the_run_folder(tmp_path,
         os.chdir(cwd)
     assert parsed.trainer.logger.class_path == f"lightning.pytorch.loggers.{logger}"
     assert parsed.trainer.logger.init_args.save_dir == str(tmp_path / "run")
+
+
+def test_a_tensorboard_run_writes_its_scalars_under_the_run_folder(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(REPO)
+    config = tmp_path / "logger.yaml"
+    config.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n")
+    main(tiny_args("fit", tmp_path / "run", "--config", str(config), "--trainer.max_steps", "3",
+                   "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0"))  # fmt: skip
+    [events] = (tmp_path / "run" / "lightning_logs").rglob("events.out.tfevents.*")
+    scalars = EventAccumulator(str(events.parent)).Reload()
+    assert [event.step for event in scalars.Scalars("train/loss")] == [0, 1, 2]
+    assert {"train/lr", "train/grad_norm"} <= set(scalars.Tags()["scalars"])
