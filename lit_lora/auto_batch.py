@@ -27,6 +27,7 @@ from lit_lora.memory import (
     ModelShape,
     available_memory,
     estimate_memory,
+    materialises_attention,
     optimizer_state_bytes,
 )
 from lit_lora.model.quantization import QuantizationSettings
@@ -50,11 +51,36 @@ def largest_fitting_batch(need: Callable[[int], int], limit: int, budget: int) -
     return size
 
 
+def memory_verdict(need: int, available: int, needs: str) -> tuple[bool, str]:
+    """Whether ``need`` bytes fit in ``SAFETY_FRACTION`` of ``available``, and the line that says so.
+
+    The one wording of the check, for ``fit``'s warning and ``python -m lit_lora estimate``.
+
+    Args:
+        need: Bytes the run needs.
+        available: Bytes the device has free.
+        needs: What ``need`` is, read before the amount ("after loading the model it
+            needs about").
+    """
+    budget = int(SAFETY_FRACTION * available)
+    amounts = (
+        f"{needs} {need / 2**20:,.0f} MiB, and {SAFETY_FRACTION:.0%} of the {available / 2**20:,.0f} MiB "
+        f"available is {budget / 2**20:,.0f} MiB"
+    )
+    if need <= budget:
+        return True, f"lit_lora: this run fits: {amounts}."
+    return False, (
+        f"lit_lora: this run will likely not fit: {amounts}. Lower data.batch_size (or set it to auto) and raise "
+        "trainer.accumulate_grad_batches, lower data.max_length, set model.gradient_checkpointing: true, use a "
+        "4-bit model.quantization.mode (nf4), or an 8-bit optimizer."
+    )
+
+
 def check_memory(
     trainer: Trainer,
     model: torch.nn.Module,
     quantization: QuantizationSettings,
-    gradient_checkpointing: bool,
+    gradient_checkpointing: bool | str,
     optimizer_factory: Callable,
 ) -> MemoryEstimate | None:
     """Resolve ``batch_size: auto``, print the memory estimate, and warn when it will not fit.
@@ -67,7 +93,7 @@ def check_memory(
             ``max_length`` (without them nothing is checked).
         model: The loaded, adapted model.
         quantization: How its base is stored.
-        gradient_checkpointing: Whether activations are recomputed in backward.
+        gradient_checkpointing: The ``model.gradient_checkpointing`` setting.
         optimizer_factory: Builds the optimizer from parameters; it is built once to
             tell its state size, before any step allocates that state.
 
@@ -95,7 +121,7 @@ def check_memory(
             quantization,
             optimizer_bytes,
             gradient_checkpointing,
-            eager_attention=model.config._attn_implementation == "eager",
+            eager_attention=materialises_attention(model.config._attn_implementation, device.type == "cuda"),
             cuda=device.type == "cuda",
             training=training,
         )
@@ -119,12 +145,7 @@ def check_memory(
         f"lit_lora: estimated memory at batch_size {data.batch_size} x max_length {data.max_length}, "
         f"{available / 2**20:,.0f} MiB available on {device.type}:\n{result.table()}"
     )
-    if result.after_loading > budget:
-        rank_zero_warn(
-            f"lit_lora: this run will likely not fit: after loading the model it needs about "
-            f"{result.after_loading / 2**20:,.0f} MiB more, and {SAFETY_FRACTION:.0%} of the "
-            f"{available / 2**20:,.0f} MiB available is {budget / 2**20:,.0f} MiB. Lower data.batch_size (or set it "
-            "to auto) and raise trainer.accumulate_grad_batches, lower data.max_length, set "
-            "model.gradient_checkpointing: true, use a 4-bit model.quantization.mode (nf4), or an 8-bit optimizer."
-        )
+    fits, verdict = memory_verdict(result.after_loading, available, "after loading the model it needs about")
+    if not fits:
+        rank_zero_warn(verdict)
     return result

@@ -1,7 +1,9 @@
 """Estimate of the memory a LoRA/QLoRA run needs, and of the memory the device has.
 
 The estimate is a sum of components, each from counts and shapes alone (no
-allocation), so it can be checked against a device before the first batch:
+allocation), so it can be checked against a device before the first batch, and
+even before the model is loaded (``python -m lit_lora estimate``, which reads the
+shape from the config alone: :meth:`ModelShape.from_config`):
 
 - base weights: the frozen linear layers at their quantized size (see
   :func:`quantized_bytes_per_param`), everything else (embeddings, norms, output
@@ -9,12 +11,40 @@ allocation), so it can be checked against a device before the first batch:
   it) or in the compute dtype when not;
 - adapter and gradients: the trainable parameters and their gradients, 4 bytes
   each (PEFT keeps adapters in float32);
-- optimizer state: measured per parameter tensor by :func:`optimizer_state_bytes`;
+- optimizer state: per parameter tensor by :func:`state_bytes_per_tensor`, from the
+  built optimizer (:func:`optimizer_state_bytes`) or from the config's
+  ``class_path`` (:func:`configured_optimizer_state_bytes`);
 - activations: what backward needs per layer, see :func:`activation_bytes`;
-- logits: ``b·t·V`` scores in the compute dtype, plus the float32 copy and
-  log-softmax of the loss (``lit_lora.model.loss``): often the largest activation
-  of a small model with a large vocabulary;
-- overhead: the CUDA context, which no tensor accounts for.
+- logits: the loss computes the output head only on supervised positions, at most
+  ``LOSS_CHUNK_ROWS`` rows at a time: each row is ``V`` scores in the compute dtype
+  plus the float32 copy and log-softmax of the loss (``lit_lora.model.loss``);
+- loading: what loading the base takes on CPU besides the weights it keeps, see
+  :func:`loading_bytes`; freed before training, so the peak counts the larger of it
+  and what training adds;
+- overhead: the CUDA context on a GPU, or on CPU the Python process itself
+  (``CPU_PROCESS_BYTES``), which no tensor accounts for.
+
+Where the constants come from, measured on CPU (torch 2.13, transformers 5.23,
+bitsandbytes 0.50, lightning 2.6, Python 3.11, 2 cores) as peak RSS: ``ru_maxrss`` of
+a ``fit`` child process, and per phase the process's high-water mark (``VmHWM``,
+reset through ``/proc/self/clear_refs`` between phases):
+
+- ``CPU_PROCESS_BYTES``: importing torch, transformers, PEFT, bitsandbytes, Lightning
+  and lit_lora peaks at 594 MiB (``python -c "import lit_lora.cli, lit_lora.model"``
+  and a ``fit`` before it loads anything alike); ``fit`` then imports and builds more
+  (tokenizer, data, Trainer, logger): ``configs/tiny.yaml`` for 2 steps peaks at
+  674 MiB, of which the estimate's tensors are 28 MiB, so 640 MiB is the process.
+- loading: a ``fit`` of ``configs/benchmark.yaml`` (SmolLM2-135M, 134.5M parameters)
+  peaks 935 MiB above the imports while loading from its float32 cache folder: the
+  513 MiB file, mapped, plus a 257 MiB bfloat16 copy, plus the 160 MiB quantized
+  model = 930 MiB predicted. After loading, RSS stays 422 MiB above the imports:
+  glibc keeps the freed copy and training reuses it, which is why the peak takes
+  the larger of loading and training rather than their sum. The run's overall peak
+  is 1,529-1,592 MiB over three runs, predicted 1,589 MiB.
+- activations: the tiny model at 16,384 tokens (``max_length`` 512, every row full)
+  peaks at 1,082-1,114 MiB without checkpointing (predicted 1,223) and 1,007 MiB with
+  it (predicted 1,007); the same tokens as 64 x 256 peak 115 MiB lower, the
+  attention probabilities (see :func:`materialises_attention`).
 
 It is an estimate: allocator fragmentation and temporary buffers come on top,
 which is why :mod:`lit_lora.auto_batch` keeps a safety margin.
@@ -22,13 +52,23 @@ which is why :mod:`lit_lora.auto_batch` keeps a safety margin.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
 from torch.optim import Optimizer
 
+# The loss's chunk of output-head rows: the logits component is one chunk.
+from lit_lora.model.loss import LOSS_CHUNK_ROWS
 from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
+
+if TYPE_CHECKING:
+    from peft import PeftConfig, PeftModel
+    from transformers import PretrainedConfig
 
 # bitsandbytes 4-bit: two weights per byte, plus one float32 absmax per block of 64
 # weights; double quantization stores the absmax in 8 bits instead, with one float32
@@ -47,9 +87,32 @@ _INTERMEDIATE_ACTIVATIONS = 4
 _LOSS_BYTES_PER_LOGIT = 8
 # What a CUDA context with cuBLAS takes before any tensor (about 0.5 GiB).
 CUDA_CONTEXT_BYTES = 512 * 2**20
+# The Python process of a CPU fit with its libraries, tokenizer, data and Trainer,
+# before any model tensor (measured: see the module docstring).
+CPU_PROCESS_BYTES = 640 * 2**20
 # Optimizers keeping one state per parameter (momentum or a second moment alone);
 # the rest are taken to keep two, like Adam.
 _ONE_STATE_OPTIMIZERS = ("sgd", "lion", "rmsprop", "adagrad")
+# bitsandbytes 8-bit optimizers: one float32 scale per block of 256 state values,
+# and float32 states for tensors below 4096 elements.
+_EIGHT_BIT_BLOCK = 256
+_MIN_8BIT_SIZE = 4096
+# The optimizer of a config without one (lit_lora.optim.default_optimizer).
+DEFAULT_OPTIMIZER = "bitsandbytes.optim.PagedAdamW8bit"
+# Weight files a model folder may hold, for the bytes loading maps.
+_WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def checkpointing_enabled(value: Any) -> bool:
+    """Whether ``model.gradient_checkpointing: value`` recomputes activations.
+
+    Anything but ``False`` counts as on: ``True``, and a setting such as ``auto``
+    that turns it on when memory is short, which is when the estimate matters.
+
+    Args:
+        value: The setting as configured.
+    """
+    return value is not False
 
 
 def quantized_bytes_per_param(quantization: QuantizationSettings) -> float:
@@ -65,27 +128,75 @@ def quantized_bytes_per_param(quantization: QuantizationSettings) -> float:
     return resolve_dtype(quantization.compute_dtype).itemsize
 
 
-def optimizer_state_bytes(optimizer: Optimizer, parameters: list[torch.Tensor]) -> int:
-    """Bytes of optimizer state ``optimizer`` will keep for ``parameters`` once stepped.
+def state_bytes_per_tensor(
+    name: str, sizes: Sequence[int], momentum: float = 0.0, optim_bits: int = 32, min_8bit_size: int = _MIN_8BIT_SIZE
+) -> int:
+    """Bytes of optimizer state for parameter tensors of ``sizes`` elements: the one rule.
 
     Adam-like optimizers keep two states per parameter, SGD with momentum, Lion,
-    RMSprop and Adagrad one, SGD without momentum none; each is 4 bytes (float32),
-    or 1 byte for bitsandbytes 8-bit optimizers, which keep tensors smaller than
-    their ``min_8bit_size`` (4096 elements) in float32 all the same. Unknown
-    optimizers count as Adam-like.
+    RMSprop and Adagrad one, SGD without momentum none; each is 4 bytes (float32).
+    bitsandbytes 8-bit optimizers (``...8bit`` classes, or ``optim_bits: 8``) keep
+    each state in 1 byte plus one float32 scale per block of 256, except in tensors
+    smaller than ``min_8bit_size``, which stay float32. Unknown optimizers count as
+    Adam-like.
+
+    Args:
+        name: The optimizer's class name (``AdamW``, ``PagedAdamW8bit``...).
+        sizes: Elements of each parameter tensor it updates.
+        momentum: SGD's momentum (no state without it).
+        optim_bits: bitsandbytes' state width, 32 or 8.
+        min_8bit_size: bitsandbytes' smallest tensor with 8-bit states.
+    """
+    name = name.lower()
+    states = 1 if any(kind in name for kind in _ONE_STATE_OPTIMIZERS) else 2
+    if "sgd" in name and not momentum:
+        states = 0
+    eight_bit = "8bit" in name or optim_bits == 8
+
+    def per_state(size: int) -> int:
+        if eight_bit and size >= min_8bit_size:
+            return size + 4 * math.ceil(size / _EIGHT_BIT_BLOCK)
+        return 4 * size
+
+    return sum(states * per_state(size) for size in sizes)
+
+
+def optimizer_state_bytes(optimizer: Optimizer, parameters: list[torch.Tensor]) -> int:
+    """Bytes of optimizer state ``optimizer`` will keep for ``parameters`` once stepped.
 
     Args:
         optimizer: The optimizer, built but not yet stepped (states are made lazily).
         parameters: The parameters it updates.
     """
-    name = type(optimizer).__name__.lower()
-    states = 1 if any(kind in name for kind in _ONE_STATE_OPTIMIZERS) else 2
-    if "sgd" in name and not optimizer.defaults.get("momentum"):
-        states = 0
-    min_8bit_size = getattr(getattr(optimizer, "args", None), "min_8bit_size", 4096)
-    eight_bit = "8bit" in name
-    return sum(
-        states * p.numel() * (1 if eight_bit and p.numel() >= min_8bit_size else 4) for p in parameters
+    args = getattr(optimizer, "args", None)  # bitsandbytes optimizers keep their settings here
+    return state_bytes_per_tensor(
+        type(optimizer).__name__,
+        [p.numel() for p in parameters],
+        momentum=optimizer.defaults.get("momentum", 0.0),
+        optim_bits=getattr(args, "optim_bits", 32),
+        min_8bit_size=getattr(args, "min_8bit_size", _MIN_8BIT_SIZE),
+    )
+
+
+def configured_optimizer_state_bytes(
+    class_path: str | None, init_args: dict[str, Any], parameters: list[torch.Tensor]
+) -> int:
+    """Bytes of optimizer state of a config's optimizer for ``parameters``, without building it.
+
+    Args:
+        class_path: The optimizer's ``class_path``; None is lit_lora's default,
+            ``PagedAdamW8bit``.
+        init_args: Its ``init_args`` (``momentum``, ``optim_bits``, ``min_8bit_size``
+            matter here).
+        parameters: The parameters it would update (meta tensors will do).
+    """
+    name = (class_path or DEFAULT_OPTIMIZER).rsplit(".", 1)[-1]
+    return state_bytes_per_tensor(
+        name,
+        [p.numel() for p in parameters],
+        momentum=init_args.get("momentum", 0.0),
+        optim_bits=init_args.get("optim_bits", 32),
+        min_8bit_size=init_args.get("min_8bit_size", _MIN_8BIT_SIZE),
     )
 
 
@@ -143,8 +254,72 @@ class ModelShape:
         )
 
 
+    @classmethod
+    def from_config(
+        cls, config: PretrainedConfig, quantization: QuantizationSettings, peft_config: PeftConfig
+    ) -> ModelShape:
+        """The shape :meth:`from_model` reads from the loaded model, from its config alone.
+
+        See :func:`meta_model`: nothing is allocated and no weight is read.
+
+        Args:
+            config: The base model's config.
+            quantization: How the base is stored: which linear layers count as quantized.
+            peft_config: The adapter: which layers get one, and its rank.
+        """
+        return cls.from_model(meta_model(config, quantization, peft_config))
+
+
+def meta_model(config: PretrainedConfig, quantization: QuantizationSettings, peft_config: PeftConfig) -> PeftModel:
+    """The adapted model ``fit`` trains, built on the meta device: shapes without storage.
+
+    The linear layers are swapped for bitsandbytes' by transformers' own rule (the
+    one ``from_pretrained`` applies: all but the output head and tied weights), and
+    PEFT adds the adapter as it does on the loaded model, so counting parameters and
+    layers gives exactly what the loaded model has.
+
+    Args:
+        config: The base model's config.
+        quantization: How the base is stored.
+        peft_config: The adapter's PEFT config.
+    """
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import replace_with_bnb_linear
+    from transformers.quantizers.base import HfQuantizer
+
+    # torch.device("meta") ties the output head to the embeddings as loading does
+    # (accelerate's init_empty_weights leaves them two tensors).
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+        bnb_config = quantization.to_bnb_config()
+        if bnb_config is not None:
+            skip = HfQuantizer.get_modules_to_not_convert(
+                model, bnb_config.llm_int8_skip_modules, model._keep_in_fp32_modules
+            )
+            model = replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=bnb_config)
+        # Loading freezes the base (prepare_model_for_kbit_training, or PEFT itself).
+        model.requires_grad_(False)
+        return get_peft_model(model, peft_config)
+
+
+def materialises_attention(attn_implementation: str | None, cuda: bool) -> bool:
+    """Whether attention keeps its ``heads x t`` probabilities per token for backward.
+
+    Eager attention does everywhere. On CPU sdpa does too: with the padding mask it
+    runs torch's math path (measured: the tiny model without checkpointing, 16,384
+    tokens as 64 x 256 and as 32 x 512, peaks 115 MiB apart, the 128 MiB its two
+    layers' probabilities differ by). On a GPU sdpa and flash attention do not.
+
+    Args:
+        attn_implementation: ``model.attn_implementation`` (None: transformers picks sdpa).
+        cuda: Whether the run is on a CUDA device.
+    """
+    return attn_implementation == "eager" or not cuda
+
+
 def activation_bytes(
-    shape: ModelShape, batch_size: int, max_length: int, dtype_bytes: int, gradient_checkpointing: bool,
+    shape: ModelShape, batch_size: int, max_length: int, dtype_bytes: int, gradient_checkpointing: bool | str,
     eager_attention: bool, training: bool = True,
 ) -> int:
     """Bytes of layer activations kept for the backward pass (logits excluded).
@@ -152,8 +327,9 @@ def activation_bytes(
     One layer keeps about ``16·h + 4·i`` elements per token (``h`` hidden, ``i`` MLP
     width): norm inputs and outputs, the attention projections' inputs and outputs,
     the LoRA dropout copies of the adapted layers' inputs, the residual, and the
-    SwiGLU MLP's gate, up, activation and product. Eager attention also keeps its
-    ``heads x t`` probabilities per token; fused kernels (sdpa, flash) do not.
+    SwiGLU MLP's gate, up, activation and product. Materialised attention (see
+    :func:`materialises_attention`) also keeps its ``heads x t`` probabilities per
+    token, and backward makes their gradient, one layer at a time.
 
     Without checkpointing every layer keeps all of it. With checkpointing each layer
     keeps only its input (``h`` per token), and one layer at a time is recomputed in
@@ -165,25 +341,70 @@ def activation_bytes(
         batch_size: Sequences per micro-batch (``b``).
         max_length: Tokens per sequence (``t``); padded batches are at most this long.
         dtype_bytes: Bytes per element of the compute dtype.
-        gradient_checkpointing: Whether activations are recomputed in backward.
+        gradient_checkpointing: The ``model.gradient_checkpointing`` setting (see
+            :func:`checkpointing_enabled`).
         eager_attention: Whether attention probabilities are materialised.
         training: Whether a backward pass follows.
     """
     per_layer = _HIDDEN_ACTIVATIONS * shape.hidden_size + _INTERMEDIATE_ACTIVATIONS * shape.intermediate_size
-    if eager_attention:
-        per_layer += shape.num_heads * max_length
+    probabilities = shape.num_heads * max_length if eager_attention else 0
+    per_layer += probabilities
     if not training:
         per_token = per_layer
-    elif gradient_checkpointing:
-        per_token = shape.num_layers * shape.hidden_size + per_layer
+    elif checkpointing_enabled(gradient_checkpointing):
+        per_token = shape.num_layers * shape.hidden_size + per_layer + probabilities
     else:
-        per_token = shape.num_layers * per_layer
+        per_token = shape.num_layers * per_layer + probabilities
     return batch_size * max_length * per_token * dtype_bytes
+
+
+def logits_bytes(shape: ModelShape, batch_size: int, max_length: int, dtype_bytes: int) -> int:
+    """Bytes of output scores the loss holds at once: one chunk of supervised rows.
+
+    The loss runs the output head on at most ``LOSS_CHUNK_ROWS`` supervised positions
+    at a time; each row is ``V`` scores in the compute dtype plus the loss's float32
+    copy and log-softmax. Every position may be supervised, so a micro-batch of fewer
+    than ``LOSS_CHUNK_ROWS`` tokens is one chunk of all of them.
+
+    Args:
+        shape: The model's shape.
+        batch_size: Sequences per micro-batch.
+        max_length: Tokens per sequence.
+        dtype_bytes: Bytes per element of the compute dtype.
+    """
+    rows = min(batch_size * max_length, LOSS_CHUNK_ROWS)
+    return rows * shape.vocab_size * (dtype_bytes + _LOSS_BYTES_PER_LOGIT)
+
+
+def loading_bytes(source_bytes: int, total_params: int, quantization: QuantizationSettings) -> int:
+    """Bytes loading the base takes on CPU on top of the weights it keeps.
+
+    ``from_pretrained`` maps the weight files (their pages count as resident once
+    read) and converts every tensor to the compute dtype before bitsandbytes
+    quantizes it, so the files and one converted copy are resident at the peak. Both
+    are gone before training starts; on a GPU the weights are quantized one tensor
+    at a time as they arrive, and loading adds nothing worth counting.
+
+    Args:
+        source_bytes: Size of the weight files loaded (:func:`weight_file_bytes`).
+        total_params: Parameters of the base model.
+        quantization: How the base is stored; its compute dtype is the copy's.
+    """
+    return source_bytes + total_params * resolve_dtype(quantization.compute_dtype).itemsize
+
+
+def weight_file_bytes(folder: str | Path) -> int:
+    """Size of the weight files of a model folder: what loading it reads (0 when it has none).
+
+    Args:
+        folder: A Hugging Face model folder.
+    """
+    return sum(path.stat().st_size for pattern in _WEIGHT_FILES for path in Path(folder).glob(pattern))
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a run needs, per component; :attr:`total` is their sum.
+    """Bytes a run needs, per component; :attr:`total` is the peak they add up to.
 
     Args:
         base_weights: The frozen base model.
@@ -192,7 +413,9 @@ class MemoryEstimate:
         optimizer: Optimizer state.
         activations: Layer activations kept for backward.
         logits: Output scores and the loss's float32 copies.
-        overhead: What no tensor accounts for (the CUDA context).
+        overhead: What no tensor accounts for (the CUDA context, or the process on CPU).
+        loading: What loading the base takes besides the weights it keeps, freed
+            before training (0 once the model is loaded).
     """
 
     base_weights: int
@@ -202,11 +425,12 @@ class MemoryEstimate:
     activations: int
     logits: int
     overhead: int
+    loading: int = 0
 
     @property
     def total(self) -> int:
-        """The sum of all components, in bytes."""
-        return sum(getattr(self, field.name) for field in fields(self))
+        """The peak in bytes: what stays, plus the larger of loading and training."""
+        return self.overhead + self.base_weights + self.adapter + max(self.loading, self.after_loading)
 
     @property
     def after_loading(self) -> int:
@@ -214,9 +438,9 @@ class MemoryEstimate:
         return self.gradients + self.optimizer + self.activations + self.logits
 
     def table(self) -> str:
-        """The components and total, one per line, in MiB."""
+        """The components and the total, one per line, in MiB."""
         rows = [(field.name.replace("_", " "), getattr(self, field.name)) for field in fields(self)]
-        rows.append(("total", self.total))
+        rows.append(("total (peak)" if self.loading else "total", self.total))
         return "\n".join(f"  {name:<13}{size / 2**20:>12,.1f} MiB" for name, size in rows)
 
 
@@ -226,10 +450,12 @@ def estimate_memory(
     max_length: int,
     quantization: QuantizationSettings,
     optimizer_bytes: int,
-    gradient_checkpointing: bool,
+    gradient_checkpointing: bool | str,
     eager_attention: bool = False,
     cuda: bool = False,
     training: bool = True,
+    loading: int = 0,
+    process: bool = False,
 ) -> MemoryEstimate:
     """Estimate the memory of a run, per component (see the module docstring).
 
@@ -239,16 +465,25 @@ def estimate_memory(
         max_length: Tokens per sequence.
         quantization: How the frozen base is stored; its compute dtype is the
             activations' dtype.
-        optimizer_bytes: Optimizer state, from :func:`optimizer_state_bytes`.
-        gradient_checkpointing: Whether activations are recomputed in backward.
+        optimizer_bytes: Optimizer state, from :func:`optimizer_state_bytes` or
+            :func:`configured_optimizer_state_bytes`.
+        gradient_checkpointing: The ``model.gradient_checkpointing`` setting (see
+            :func:`checkpointing_enabled`).
         eager_attention: Whether attention probabilities are materialised.
         cuda: Whether the run is on a CUDA device (adds its context).
         training: Whether gradients and optimizer state are needed (``fit``).
+        loading: What loading the model will take, from :func:`loading_bytes`; 0
+            once it is loaded.
+        process: Count the Python process itself on CPU (``CPU_PROCESS_BYTES``): the
+            whole process's peak rather than what is left to allocate in it.
     """
     dtype_bytes = resolve_dtype(quantization.compute_dtype).itemsize
     other_bytes = 4 if quantization.quantized else dtype_bytes
     base = shape.quantizable_params * quantized_bytes_per_param(quantization) + shape.other_params * other_bytes
-    tokens = batch_size * max_length
+    if cuda:
+        overhead = CUDA_CONTEXT_BYTES
+    else:
+        overhead = CPU_PROCESS_BYTES if process else 0
     return MemoryEstimate(
         base_weights=round(base),
         # Adapters and their gradients are float32.
@@ -258,8 +493,9 @@ def estimate_memory(
         activations=activation_bytes(
             shape, batch_size, max_length, dtype_bytes, gradient_checkpointing, eager_attention, training
         ),
-        logits=tokens * shape.vocab_size * (dtype_bytes + _LOSS_BYTES_PER_LOGIT),
-        overhead=CUDA_CONTEXT_BYTES if cuda else 0,
+        logits=logits_bytes(shape, batch_size, max_length, dtype_bytes),
+        overhead=overhead,
+        loading=0 if cuda else loading,
     )
 
 

@@ -1,4 +1,9 @@
-"""The memory estimate, hand-computed on a small shape, and ``data.batch_size: auto`` on the tiny model."""
+"""The memory estimate, hand-computed on a small shape, read from a config alone, and ``data.batch_size: auto``.
+
+The config-only shape and optimizer state (what ``python -m lit_lora estimate`` uses
+before loading anything) are checked against the loaded tiny model and a stepped
+optimizer.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,22 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from tiny import REPO
+from transformers import AutoConfig
 
-from lit_lora import QuantizationSettings
+from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.auto_batch import largest_fitting_batch
 from lit_lora.cli import main
 from lit_lora.memory import (
+    DEFAULT_OPTIMIZER,
     ModelShape,
+    checkpointing_enabled,
+    configured_optimizer_state_bytes,
     estimate_memory,
+    meta_model,
     optimizer_state_bytes,
     quantized_bytes_per_param,
 )
+from lit_lora.optim import default_optimizer
 
 SHAPE = ModelShape(
     quantizable_params=1_000_000, other_params=10_000, trainable_params=2_000,
@@ -71,21 +82,40 @@ def test_estimate_grows_with_batch_and_length_and_checkpointing_saves_activation
     full = estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=False).activations
     assert estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=True).activations < full
     eager = estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=False, eager_attention=True)
-    assert eager.activations == full + 2 * 64 * 2 * (4 * 64) * 4  # heads x t probabilities per token and layer
+    # heads x t probabilities per token in each layer, and their gradient in one layer.
+    assert eager.activations == full + 2 * 64 * (2 + 1) * (4 * 64) * 4
+
+
+@pytest.mark.parametrize("setting, enabled", [(True, True), (False, False), ("auto", True)])
+def test_checkpointing_counts_as_on_unless_false(setting, enabled):
+    assert checkpointing_enabled(setting) is enabled
+    with_setting = estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=setting).activations
+    assert with_setting == estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=enabled).activations
+
+
+def test_the_peak_counts_loading_or_training_whichever_is_larger():
+    def estimate(loading):
+        return estimate_memory(SHAPE, 2, 8, NF4, 4_000, True, loading=loading, process=True)
+
+    trained = estimate(0)
+    assert trained.total == trained.overhead + trained.base_weights + trained.adapter + trained.after_loading
+    assert estimate(trained.after_loading - 1).total == trained.total
+    assert estimate(10**9).total == trained.overhead + trained.base_weights + trained.adapter + 10**9
 
 
 @pytest.mark.parametrize(
-    "build, bytes_per_param",
+    "build, expected",
     [
-        (lambda p: torch.optim.AdamW(p), 8),
-        (lambda p: bnb.optim.AdamW8bit(p), 2),
-        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 4),
+        (lambda p: torch.optim.AdamW(p), 8192 * 8),
+        # Two 1-byte states, each with a float32 scale per block of 256.
+        (lambda p: bnb.optim.AdamW8bit(p), 2 * (8192 + 4 * 8192 // 256)),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 8192 * 4),
         (lambda p: torch.optim.SGD(p, lr=0.1), 0),
     ],
 )
-def test_optimizer_state_follows_the_optimizer(build, bytes_per_param):
+def test_optimizer_state_follows_the_optimizer(build, expected):
     params = [torch.nn.Parameter(torch.zeros(64, 128))]  # 8192 elements: 8-bit states apply
-    assert optimizer_state_bytes(build(params), params) == 8192 * bytes_per_param
+    assert optimizer_state_bytes(build(params), params) == expected
 
 
 def test_small_tensors_keep_float32_states_in_8bit_optimizers():
@@ -132,3 +162,72 @@ def test_auto_batch_size_shrinks_and_warns_when_memory_is_short(tmp_path, monkey
     assert (micro, accumulation) == (1, 16)
     assert micro * accumulation >= 16
     assert "micro-batch 1 x gradient accumulation 16 (effective batch 16" in log
+
+
+TINY_SETTINGS = [
+    (QuantizationSettings(mode="nf4", compute_dtype="float32"), LoRASettings(r=8)),
+    (QuantizationSettings(mode="int8"), LoRASettings(r=4, target_modules=["q_proj", "v_proj"])),
+    (
+        QuantizationSettings(mode="none", compute_dtype="float32"),
+        LoRASettings(r=4, modules_to_save=["lm_head"], use_dora=True),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=TINY_SETTINGS, ids=["nf4", "int8-qv", "none-dora-head"])
+def tiny_loaded(request, tiny_model_dir):
+    """The tiny model loaded and adapted as fit does, with its settings."""
+    quantization, lora = request.param
+    module = LoRAModule(str(tiny_model_dir), random_init=True, quantization=quantization, lora=lora)
+    module.configure_model()
+    return module
+
+
+def test_shape_from_the_config_alone_equals_the_loaded_models(tiny_loaded, tiny_model_dir):
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    from_config = ModelShape.from_config(config, tiny_loaded.quantization, tiny_loaded.lora.to_peft_config())
+    assert from_config == ModelShape.from_model(tiny_loaded.model)
+
+
+# A tensor's optimizer state, as allocated once stepped: every tensor in its state but
+# the step counter and bitsandbytes' quantization maps (one shared 256-entry table).
+def stepped_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for key, value in state.items()
+        if torch.is_tensor(value) and key != "step" and not key.startswith("qmap")
+    )
+
+
+@pytest.mark.parametrize(
+    "class_path, init_args",
+    [
+        ("torch.optim.AdamW", {}),
+        ("bitsandbytes.optim.PagedAdamW8bit", {}),
+        ("bitsandbytes.optim.AdamW", {"optim_bits": 8}),
+        ("torch.optim.SGD", {"lr": 0.1, "momentum": 0.9}),
+        ("torch.optim.SGD", {"lr": 0.1}),
+    ],
+)
+def test_optimizer_state_from_the_config_equals_the_built_and_stepped_optimizers(tiny_model_dir, class_path, init_args):
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    lora = LoRASettings(r=64)  # 64 x 64 = 4096-element tensors: 8-bit states apply to some
+    meta = [p for p in meta_model(config, NF4, lora.to_peft_config()).parameters() if p.requires_grad]
+    module = LoRAModule(str(tiny_model_dir), random_init=True, quantization=NF4, lora=lora)
+    module.configure_model()
+    params = module.trainable_parameters()
+    module_name, name = class_path.rsplit(".", 1)
+    optimizer = getattr(__import__(module_name, fromlist=[name]), name)(params, **init_args)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    built = optimizer_state_bytes(optimizer, params)
+    optimizer.step()
+    assert configured_optimizer_state_bytes(class_path, init_args, meta) == built == stepped_state_bytes(optimizer)
+
+
+def test_no_optimizer_in_the_config_is_the_default_optimizer():
+    params = [torch.nn.Parameter(torch.zeros(64, 128))]
+    assert DEFAULT_OPTIMIZER.endswith(type(default_optimizer(params)).__name__)
+    expected = optimizer_state_bytes(default_optimizer(params), params)
+    assert configured_optimizer_state_bytes(None, {}, params) == expected

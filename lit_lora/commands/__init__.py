@@ -1,9 +1,9 @@
-"""Subcommands that are not a Trainer stage: ``merge``, ``generate``, ``evaluate``, ``preview``, ``plot``.
+"""Subcommands that are not a Trainer stage: ``merge``, ``generate``, ``evaluate``, ``preview``, ``estimate``, ``plot``.
 
 Each is one function whose signature and Google-style docstring are its command
 line (``python -m lit_lora merge --help``); jsonargparse builds the parser, so the
-options also read from ``--config file.yaml``. ``preview`` instead reads a whole
-``fit`` command line, so its function parses the arguments itself.
+options also read from ``--config file.yaml``. ``preview`` and ``estimate`` instead
+read a whole ``fit`` command line, so their functions parse the arguments themselves.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ COMMANDS = {
     "generate": "lit_lora.commands.generate:generate",
     "evaluate": "lit_lora.commands.evaluate:evaluate",
     "preview": "lit_lora.commands.preview:main",
+    "estimate": "lit_lora.commands.estimate:main",
     "plot": "lit_lora.commands.plot:plot",
 }
 # Commands whose function takes the raw arguments: their command line is ``fit``'s.
-FIT_COMMAND_LINE = {"preview"}
+FIT_COMMAND_LINE = {"preview", "estimate"}
 # Commands whose required arguments are positional: ``plot <run dir>``.
 POSITIONAL = {"plot"}
 

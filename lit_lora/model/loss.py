@@ -4,14 +4,25 @@ Returning the sum and the number of supervised tokens, instead of a mean, lets t
 module divide by the supervised-token count of the whole optimizer step, across
 micro-batches and devices. A per-micro-batch mean would weigh a token in a short
 micro-batch more than one in a long micro-batch.
+
+:func:`head_loss_sum` applies the output head only where a label is supervised: the
+vocabulary projection is a large share of a small model's FLOPs (SmolLM2-135M: 28M of
+its 135M weights) and most positions of an instruction example are prompt.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lit_lora.data.encode import IGNORE_INDEX
+
+# Supervised positions whose vocabulary scores exist at once. Beyond one chunk, each is
+# recomputed in backward instead of kept: 1024 rows x 128k vocabulary x (2 + 8) bytes
+# (bf16 scores, their float32 copy and log-softmax) is 1.3 GB, where a whole batch of
+# 4 x 2048 supervised tokens would be 10 GB.
+LOSS_CHUNK_ROWS = 1024
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,11 +38,41 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
         ``(loss_sum, num_tokens)``: the float32 sum of ``-log p(label)`` over
         supervised positions, and how many there were (int64 scalar).
     """
+    # The (N, V) supervised rows are selected before the float32 upcast: a float32 copy
+    # of all (B, T, V) logits is ~4 GB at batch 4 x 2048 tokens x 128k vocabulary.
+    return head_loss_sum(logits, torch.nn.Identity(), labels)
+
+
+def head_loss_sum(
+    hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, chunk_rows: int = LOSS_CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy, with the output head applied only where it counts.
+
+    Equal to ``token_loss_sum(head(hidden), labels)``, without the ``(B, T, V)`` scores
+    of unsupervised positions, and with at most ``chunk_rows`` rows of scores alive.
+
+    Args:
+        hidden: ``(B, T, D)`` final hidden states (after the last norm).
+        head: The output projection ``D -> V``.
+        labels: ``(B, T)`` as in :func:`token_loss_sum`.
+        chunk_rows: Supervised positions scored at once.
+
+    Returns:
+        ``(loss_sum, num_tokens)`` as in :func:`token_loss_sum`.
+    """
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX
-    # Select the (N, V) supervised rows before upcasting: a float32 copy of all
-    # (B, T, V) logits is ~4 GB at batch 4 x 2048 tokens x 128k vocabulary. Float32
-    # itself matters: a bf16 log-softmax over a large vocabulary loses small probabilities.
-    scores = logits[:, :-1][supervised].float()
-    loss_sum = F.cross_entropy(scores, targets[supervised], reduction="sum")
+    states = hidden[:, :-1][supervised]  # (N, D)
+    targets = targets[supervised]  # (N,)
+    if states.size(0) <= chunk_rows:
+        return _scored_loss_sum(states, targets, head), supervised.sum()
+    loss_sum = sum(
+        checkpoint(_scored_loss_sum, chunk, chunk_targets, head, use_reentrant=False)
+        for chunk, chunk_targets in zip(states.split(chunk_rows), targets.split(chunk_rows))
+    )
     return loss_sum, supervised.sum()
+
+
+def _scored_loss_sum(states: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    # Float32 for the log-softmax, as in token_loss_sum.
+    return F.cross_entropy(head(states).float(), targets, reduction="sum")

@@ -21,7 +21,7 @@ from lit_lora.errors import ConfigError
 from lit_lora.generation import end_token_ids, generate_texts
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
-from lit_lora.model.loss import token_loss_sum
+from lit_lora.model.loss import head_loss_sum, token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.optim import (
     LRSchedule,
@@ -142,6 +142,8 @@ class LoRAModule(LightningModule):
         self._window: dict[str, Any] = {}
         # RNG states of a checkpoint being resumed, set back just before its next batch.
         self._rng_to_restore: dict[str, Any] | None = None
+        # Whether the loss may apply the output head itself; probed at the first loss.
+        self._separable_head: bool | None = None
 
     # ------------------------------------------------------------------ building
     def configure_model(self) -> None:
@@ -207,8 +209,26 @@ class LoRAModule(LightningModule):
                 example (see ``lit_lora.data.packing``), with no ``attention_mask``:
                 transformers then masks attention between the examples.
         """
+        return self.model(**self._model_inputs(input_ids, attention_mask, position_ids)).logits
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, T, D)`` final hidden states: :meth:`forward` without the output head.
+
+        Takes the same arguments as :meth:`forward`.
+        """
+        decoder = self.model.get_base_model().get_decoder()
+        return decoder(**self._model_inputs(input_ids, attention_mask, position_ids)).last_hidden_state
+
+    def _model_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
+    ) -> dict[str, Any]:
         if position_ids is None:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
         if input_ids.size(0) > 1 and self.model.config._attn_implementation.startswith("flash"):
             # transformers' flash path isolates packed examples only in its padding-free
             # mode, one row per batch; several rows would attend across examples.
@@ -218,12 +238,32 @@ class LoRAModule(LightningModule):
             )
         # transformers derives the packed-sequence mask from position_ids only without a
         # KV cache, and a model may have use_cache on in its config.
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).logits
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+
+    def _head_is_separable(self) -> bool:
+        """Whether the logits are the output head applied to :meth:`hidden_states`.
+
+        True for most causal LMs; not for those that scale or soft-cap their logits
+        (Gemma 2, Cohere) or whose decoder is not found. Checked once, on a probe.
+        """
+        probe = torch.arange(1, 9, device=self.device).unsqueeze(0) % self.model.config.vocab_size
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                expected = self.model(input_ids=probe).logits.float()
+                found = self.model.get_output_embeddings()(self.hidden_states(probe)).float()
+            return found.shape == expected.shape and torch.allclose(found, expected, rtol=1e-3, atol=1e-3)
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            return False
+        finally:
+            self.model.train(training)
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The summed loss of a micro-batch and the count it is normalised by.
+
+        The output head scores only the supervised positions (see
+        ``lit_lora.model.loss.head_loss_sum``) when the model allows it.
 
         Args:
             batch: ``input_ids`` and ``labels``, each ``(B, T)``, with ``attention_mask``
@@ -232,8 +272,12 @@ class LoRAModule(LightningModule):
         Returns:
             ``(loss_sum, count)``; here summed token cross-entropy and supervised tokens.
         """
-        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
-        return token_loss_sum(logits, batch["labels"])
+        inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
+        if self._separable_head is None:
+            self._separable_head = self._head_is_separable()
+        if self._separable_head:
+            return head_loss_sum(self.hidden_states(*inputs), self.model.get_output_embeddings(), batch["labels"])
+        return token_loss_sum(self(*inputs), batch["labels"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss_sum, count = self.compute_loss(batch)

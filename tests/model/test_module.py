@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
+from lit_lora.model.loss import token_loss_sum
 from lit_lora.optim import LRSchedule
 
 
@@ -255,3 +256,29 @@ def test_loss_is_normalised_over_the_supervised_tokens_of_all_devices(tiny_model
     assert set(recorded) == set(expected)
     for name, grad in recorded.items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6)  # all-reduce order: float32 rounding
+
+
+def test_the_loss_scores_only_supervised_positions_and_equals_the_full_logits_loss(tiny_model_dir):
+    module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4"))
+    module.train()
+    data = batch(3, 2, 16, [5, 9], module.model.config.vocab_size)
+    loss_sum, count = module.compute_loss(data)
+    assert module._separable_head
+    (loss_sum / count).backward()
+    grads = lora_grads(module)
+    module.zero_grad()
+    full_sum, full_count = token_loss_sum(module(data["input_ids"], data["attention_mask"]), data["labels"])
+    (full_sum / full_count).backward()
+    assert count == full_count == 14
+    torch.testing.assert_close(loss_sum, full_sum, rtol=1e-5, atol=1e-5)
+    for name, grad in lora_grads(module).items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_that_scales_its_logits_falls_back_to_the_full_head(tiny_model_dir):
+    module = build(tiny_model_dir)
+    assert module._head_is_separable()
+    base = module.model.get_base_model()
+    original = base.forward
+    base.forward = lambda *args, **kwargs: type(original(*args, **kwargs))(logits=2 * original(*args, **kwargs).logits)
+    assert not module._head_is_separable()

