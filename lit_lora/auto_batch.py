@@ -1,7 +1,14 @@
-"""The memory check at the start of a run, and ``data.batch_size: auto``.
+"""The memory check at the start of a run, ``data.batch_size: auto`` and
+``model.gradient_checkpointing: auto``.
 
 Once the model is loaded, the run's memory is estimated (:mod:`lit_lora.memory`)
 and printed, and a warning names what to change when it will not fit.
+
+``gradient_checkpointing: auto`` recomputes activations only when memory needs it:
+when the run does not fit without it, or it lets ``batch_size: auto`` take a larger
+micro-batch. Checkpointing costs about one more forward pass per step (SmolLM2-135M
+QLoRA on CPU: 4.2 s a step with it, 2.2 s without), and with LoRA dropout it also
+draws every dropout mask twice.
 
 ``batch_size: auto`` picks the micro-batch from that estimate: the largest power of
 two, at most ``data.effective_batch_size``, whose estimate fits in 90% of the memory
@@ -26,6 +33,7 @@ from lit_lora.memory import (
     MemoryEstimate,
     ModelShape,
     available_memory,
+    checkpointing_enabled,
     estimate_memory,
     materialises_attention,
     optimizer_state_bytes,
@@ -49,6 +57,41 @@ def largest_fitting_batch(need: Callable[[int], int], limit: int, budget: int) -
     while size * 2 <= limit and need(size * 2) <= budget:
         size *= 2
     return size
+
+
+def plan_batch(
+    need: Callable[[int, bool], int],
+    batch_size: int | str,
+    limit: int,
+    checkpointing: bool | str,
+    budget: int,
+) -> tuple[int, bool]:
+    """Resolve ``batch_size`` and ``gradient_checkpointing`` settings, either of which may be ``auto``.
+
+    Args:
+        need: Bytes a micro-batch of the given size needs, with or without checkpointing.
+        batch_size: ``data.batch_size``: a size, or ``auto`` for the largest power of
+            two up to ``limit`` that fits (at least 1).
+        limit: ``data.effective_batch_size``, the largest micro-batch ``auto`` considers.
+        checkpointing: ``model.gradient_checkpointing``: a bool, or ``auto`` for off
+            unless turning it on makes the run fit or fit a larger micro-batch.
+        budget: Bytes the run may need.
+
+    Returns:
+        ``(micro_batch, checkpointing)``.
+    """
+    plans = []
+    for enabled in (False, True) if checkpointing == "auto" else (checkpointing_enabled(checkpointing),):
+        size = batch_size
+        if batch_size == "auto":
+            size = largest_fitting_batch(lambda candidate, enabled=enabled: need(candidate, enabled), limit, budget)
+        bytes_needed = need(size, enabled)
+        fits = bytes_needed <= budget
+        # Fitting first, then the larger micro-batch, then (when nothing fits) the smaller
+        # need; a tie keeps the first plan, without checkpointing.
+        plans.append(((fits, size, 0 if fits else -bytes_needed), size, enabled))
+    _, size, enabled = max(plans, key=lambda plan: plan[0])
+    return size, enabled
 
 
 def memory_verdict(need: int, available: int, needs: str) -> tuple[bool, str]:
@@ -82,8 +125,8 @@ def check_memory(
     quantization: QuantizationSettings,
     gradient_checkpointing: bool | str,
     optimizer_factory: Callable,
-) -> MemoryEstimate | None:
-    """Resolve ``batch_size: auto``, print the memory estimate, and warn when it will not fit.
+) -> tuple[MemoryEstimate | None, bool]:
+    """Resolve the ``auto`` settings, print the memory estimate, and warn when it will not fit.
 
     Called once the model is loaded and before the optimizer and data loaders are
     built, so that a chosen micro-batch and accumulation apply to the whole run.
@@ -98,12 +141,13 @@ def check_memory(
             tell its state size, before any step allocates that state.
 
     Returns:
-        The estimate at the micro-batch used, or None when there is no data module.
+        The estimate at the micro-batch used (None when there is no data module), and
+        whether to checkpoint activations (``auto`` is off when nothing is known).
     """
     data = trainer.datamodule
-    if not (hasattr(data, "batch_size") and hasattr(data, "max_length")):
-        return None
     training = trainer.state.fn == TrainerFn.FITTING
+    if not (hasattr(data, "batch_size") and hasattr(data, "max_length")):
+        return None, gradient_checkpointing is True
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer_bytes = optimizer_state_bytes(optimizer_factory(trainable), trainable) if training else 0
     shape = ModelShape.from_model(model)
@@ -113,34 +157,41 @@ def check_memory(
     available = int(trainer.strategy.reduce(free, reduce_op="min"))
     budget = int(SAFETY_FRACTION * available)
 
-    def estimate(batch_size: int) -> MemoryEstimate:
+    def estimate(batch_size: int, checkpointing: bool) -> MemoryEstimate:
         return estimate_memory(
             shape,
             batch_size,
             data.max_length,
             quantization,
             optimizer_bytes,
-            gradient_checkpointing,
+            checkpointing,
             eager_attention=materialises_attention(model.config._attn_implementation, device.type == "cuda"),
             cuda=device.type == "cuda",
             training=training,
         )
 
+    # Evaluation keeps no activations for backward: checkpointing changes nothing.
+    setting = gradient_checkpointing if training else False
+    micro, checkpointing = plan_batch(
+        lambda size, enabled: estimate(size, enabled).after_loading, data.batch_size, data.effective_batch_size,
+        setting, budget,
+    )  # fmt: skip
+    if gradient_checkpointing == "auto" and training:
+        rank_zero_info(f"lit_lora: gradient_checkpointing auto: {'on' if checkpointing else 'off'}")
     if data.batch_size == "auto":
-        target = data.effective_batch_size
-        micro = largest_fitting_batch(lambda size: estimate(size).after_loading, target, budget)
         data.batch_size = micro
         if data.eval_batch_size == "auto":
             data.eval_batch_size = micro
         message = f"lit_lora: batch_size auto: micro-batch {micro}"
         if training:
+            target = data.effective_batch_size
             accumulation = trainer.accumulate_grad_batches = math.ceil(target / micro)
             message += (
                 f" x gradient accumulation {accumulation} (effective batch {micro * accumulation}, "
                 f"data.effective_batch_size {target})"
             )
         rank_zero_info(f"{message} at max_length {data.max_length}")
-    result = estimate(data.batch_size)
+    result = estimate(data.batch_size, checkpointing)
     rank_zero_info(
         f"lit_lora: estimated memory at batch_size {data.batch_size} x max_length {data.max_length}, "
         f"{available / 2**20:,.0f} MiB available on {device.type}:\n{result.table()}"
@@ -148,4 +199,4 @@ def check_memory(
     fits, verdict = memory_verdict(result.after_loading, available, "after loading the model it needs about")
     if not fits:
         rank_zero_warn(verdict)
-    return result
+    return result, checkpointing

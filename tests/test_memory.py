@@ -14,7 +14,7 @@ from tiny import REPO
 from transformers import AutoConfig
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
-from lit_lora.auto_batch import largest_fitting_batch
+from lit_lora.auto_batch import largest_fitting_batch, plan_batch
 from lit_lora.cli import main
 from lit_lora.memory import (
     DEFAULT_OPTIMIZER,
@@ -231,3 +231,17 @@ def test_no_optimizer_in_the_config_is_the_default_optimizer():
     assert DEFAULT_OPTIMIZER.endswith(type(default_optimizer(params)).__name__)
     expected = optimizer_state_bytes(default_optimizer(params), params)
     assert configured_optimizer_state_bytes(None, {}, params) == expected
+
+
+def test_plan_batch_checkpoints_only_when_memory_needs_it():
+    # Without checkpointing a micro-batch needs 100 per row, with it 30 (plus 100 fixed).
+    def need(size: int, checkpointing: bool) -> int:
+        return 100 + size * (30 if checkpointing else 100)
+
+    assert plan_batch(need, 4, 16, "auto", budget=600) == (4, False)  # fits without
+    assert plan_batch(need, 8, 16, "auto", budget=600) == (8, True)  # only fits with
+    assert plan_batch(need, 8, 16, "auto", budget=100) == (8, True)  # fits neither way: the smaller need
+    assert plan_batch(need, "auto", 16, "auto", budget=500) == (8, True)  # a larger micro-batch with it
+    assert plan_batch(need, "auto", 2, "auto", budget=500) == (2, False)  # the target fits without
+    assert plan_batch(need, "auto", 16, False, budget=500) == (4, False)
+    assert plan_batch(need, 8, 16, True, budget=10_000) == (8, True)

@@ -30,7 +30,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.adapter_dir import check_adapter_dir
-from lit_lora.auto_batch import SAFETY_FRACTION, largest_fitting_batch, memory_verdict
+from lit_lora.auto_batch import SAFETY_FRACTION, memory_verdict, plan_batch
 from lit_lora.cli import LitLoraCLI, build_cli
 from lit_lora.errors import ConfigError
 from lit_lora.memory import (
@@ -230,30 +230,30 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
     cuda = uses_cuda(config.trainer)
     available = available_memory(torch.device("cuda" if cuda else "cpu"))
 
-    def estimate(batch_size: int) -> MemoryEstimate:
+    def estimate(batch_size: int, checkpointing: bool) -> MemoryEstimate:
         return estimate_memory(
             shape,
             batch_size,
             data.max_length,
             quantization,
             optimizer_bytes,
-            model.gradient_checkpointing,
+            checkpointing,
             eager_attention=materialises_attention(model.attn_implementation, cuda),
             cuda=cuda,
             loading=loading,
             process=True,
         )
 
-    batch_size = data.batch_size
-    if batch_size == "auto":
-        # What fit's batch_size auto picks, from the same estimate and share of the memory.
-        batch_size = largest_fitting_batch(
-            lambda size: estimate(size).total,
-            data.effective_batch_size,
-            int(SAFETY_FRACTION * available),
-        )
+    # What fit picks for the auto settings, from the same estimate and share of the memory.
+    batch_size, checkpointing = plan_batch(
+        lambda size, enabled: estimate(size, enabled).total,
+        data.batch_size,
+        data.effective_batch_size,
+        model.gradient_checkpointing,
+        int(SAFETY_FRACTION * available),
+    )
     return PeakEstimate(
-        estimate(batch_size),
+        estimate(batch_size, checkpointing),
         available,
         "cuda" if cuda else "cpu",
         batch_size,

@@ -15,8 +15,8 @@ import torch
 from lit_lora.callbacks.diagnostics import (
     TrainingDiagnostics,
     TrainingDiverged,
-    is_flat,
     is_exploded,
+    is_flat,
     is_overfitting,
     is_spike,
     relative_change,
