@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel
 
@@ -164,12 +165,25 @@ class LoRAModule(LightningModule):
             _, checkpointing = check_memory(
                 self.trainer, self.model, self.quantization, self.gradient_checkpointing, self.optimizer_factory
             )
+        if self._trainer is not None and str(self.trainer.precision).endswith("-mixed"):
+            self.skip_adapter_input_casts()
         if checkpointing:
             # Non-reentrant checkpointing propagates gradients to the adapters of a
             # frozen base without forcing the input embeddings to require grad.
             base = self.model.get_base_model()
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
+
+    def skip_adapter_input_casts(self) -> None:
+        """Let adapter inputs keep their autocast dtype instead of PEFT's cast to float32.
+
+        Under autocast the next matmul casts them back: a float32 copy of every adapter
+        input and of its dropout for nothing (7% of a SmolLM2 QLoRA step on CPU in bf16).
+        Only for mixed precision: without autocast the cast is what makes the dtypes match.
+        """
+        for layer in self.model.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.cast_input_dtype_enabled = False
 
     def build_base_model(self) -> PreTrainedModel:
         """Load the frozen base model, quantized, on this process's device."""

@@ -282,3 +282,25 @@ def test_a_model_that_scales_its_logits_falls_back_to_the_full_head(tiny_model_d
     original = base.forward
     base.forward = lambda *args, **kwargs: type(original(*args, **kwargs))(logits=2 * original(*args, **kwargs).logits)
     assert not module._head_is_separable()
+
+
+def test_under_autocast_adapter_inputs_skip_the_float32_cast_and_the_loss_is_unchanged(tiny_model_dir):
+    module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4", compute_dtype="bfloat16"))
+    module.train()
+    data = batch(4, 2, 16, [5, 9], module.model.config.vocab_size)
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        module.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_sum, count = module.compute_loss(data)
+        (loss_sum / count).backward()
+        return loss_sum.detach(), lora_grads(module)
+
+    loss, grads = loss_and_grads()
+    module.skip_adapter_input_casts()
+    layer = module.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.cast_input_dtype_enabled is False
+    skipped_loss, skipped_grads = loss_and_grads()
+    torch.testing.assert_close(skipped_loss, loss, rtol=1e-3, atol=1e-3)
+    for name, grad in grads.items():
+        torch.testing.assert_close(skipped_grads[name], grad, rtol=2e-2, atol=1e-4)
