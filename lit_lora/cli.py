@@ -194,6 +194,24 @@ def main(args: ArgsType = None, run: bool = True) -> Any:
         raise SystemExit(2) from cause
 
 
+class ConfigOnlyCLI(LitLoraCLI):
+    """Parses and validates a config with every default and link, and builds nothing.
+
+    The run-time checks (a checkpoint folder an earlier run filled) are skipped too:
+    what is looked at is the config, not the state of the disk. For commands that
+    read a ``fit`` command line (``estimate``) and for tests.
+    """
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
 def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCLI] = LitLoraCLI) -> LitLoraCLI:
     """A LitLoraCLI (or ``cli_class``, a subclass) with lit_lora's module, data module and defaults."""
     from lit_lora.data import SFTDataModule

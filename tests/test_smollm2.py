@@ -24,14 +24,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def gguf_dir(tmp_path_factory) -> Path:
-    """A folder holding (a link to) the GGUF file, as scripts/quickstart.sh makes one."""
-    gguf = next(Path(SPEC.submodule_search_locations[0]).glob("*.gguf"))
-    folder = tmp_path_factory.mktemp("smollm2")
-    (folder / gguf.name).symlink_to(gguf)
-    return folder
-
 
 def test_qlora_on_gguf_model_trains_and_exports(gguf_dir, tmp_path):
     gguf_file = next(gguf_dir.glob("*.gguf")).name

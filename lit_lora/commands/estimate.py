@@ -31,7 +31,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.adapter_dir import check_adapter_dir
 from lit_lora.auto_batch import SAFETY_FRACTION, memory_verdict, plan_batch
-from lit_lora.cli import LitLoraCLI, build_cli
+from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
 from lit_lora.memory import (
     MemoryEstimate,
@@ -95,7 +95,7 @@ class PeakEstimate:
         )
 
 
-class EstimateCLI(LitLoraCLI):
+class EstimateCLI(ConfigOnlyCLI):
     """``fit``'s command line, parsed with ``fit``'s defaults and links; nothing is instantiated."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -108,15 +108,6 @@ class EstimateCLI(LitLoraCLI):
         # The arguments are the program's (less ``estimate``), not LightningCLI's extra ones.
         self.config = parser.parse_args(args)
 
-    def before_instantiate_classes(self) -> None:
-        # fit's guard against overwriting checkpoints: estimate writes nothing.
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def after_instantiate_classes(self) -> None:
-        pass
 
 
 def base_config(model: Namespace) -> Any:
