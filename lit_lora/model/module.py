@@ -20,6 +20,7 @@ from lit_lora.adapter_dir import check_adapter_dir
 from lit_lora.auto_batch import check_memory
 from lit_lora.errors import ConfigError
 from lit_lora.generation import end_token_ids, generate_texts
+from lit_lora.model.dropout import ReplayDropout, use_replay_dropout
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import head_loss_sum, token_loss_sum
@@ -146,6 +147,8 @@ class LoRAModule(LightningModule):
         self._window: dict[str, Any] = {}
         # RNG states of a checkpoint being resumed, set back just before its next batch.
         self._rng_to_restore: dict[str, Any] | None = None
+        # LoRA dropouts that replay their masks in checkpoint recomputation (CPU only).
+        self._replay_dropouts: list[ReplayDropout] = []
         # Whether the loss may apply the output head itself; probed at the first loss.
         self._separable_head: bool | None = None
 
@@ -173,6 +176,8 @@ class LoRAModule(LightningModule):
             base = self.model.get_base_model()
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
+            if next(self.model.parameters()).device.type == "cpu":
+                self._replay_dropouts = use_replay_dropout(self.model)
 
     def skip_adapter_input_casts(self) -> None:
         """Let adapter inputs keep their autocast dtype instead of PEFT's cast to float32.
@@ -470,6 +475,8 @@ class LoRAModule(LightningModule):
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+        for dropout in self._replay_dropouts:
+            dropout.reset()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose adapter does not match this module's LoRA settings."""
