@@ -464,7 +464,7 @@ def estimate_memory(
         batch_size: Sequences per micro-batch.
         max_length: Tokens per sequence.
         quantization: How the frozen base is stored; its compute dtype is the
-            activations' dtype.
+            activations' dtype (float32 for a quantized base, see below).
         optimizer_bytes: Optimizer state, from :func:`optimizer_state_bytes` or
             :func:`configured_optimizer_state_bytes`.
         gradient_checkpointing: The ``model.gradient_checkpointing`` setting (see
@@ -478,6 +478,9 @@ def estimate_memory(
             whole process's peak rather than what is left to allocate in it.
     """
     dtype_bytes = resolve_dtype(quantization.compute_dtype).itemsize
+    # prepare_model_for_kbit_training keeps a quantized model's other weights (norms,
+    # embeddings) in float32, so its residual stream and norms are float32 too, and
+    # autocast saves its half-precision casts of them on top: activations count float32.
     other_bytes = 4 if quantization.quantized else dtype_bytes
     base = shape.quantizable_params * quantized_bytes_per_param(quantization) + shape.other_params * other_bytes
     if cuda:
@@ -491,7 +494,7 @@ def estimate_memory(
         gradients=shape.trainable_params * 4 if training else 0,
         optimizer=optimizer_bytes if training else 0,
         activations=activation_bytes(
-            shape, batch_size, max_length, dtype_bytes, gradient_checkpointing, eager_attention, training
+            shape, batch_size, max_length, other_bytes, gradient_checkpointing, eager_attention, training
         ),
         logits=logits_bytes(shape, batch_size, max_length, dtype_bytes),
         overhead=overhead,

@@ -7,7 +7,9 @@ number read from the same YAML file so the two cannot drift apart. Both load the
 same dequantized copy of the GGUF model that lit_lora caches, train on the same
 examples with the same label masks, and are validated afterwards by one shared
 function. The table goes to stdout and, by default, into ``docs/benchmarks.md``,
-replacing only the section of the device it ran on.
+replacing only the section of the device and precision it ran in. Where the device
+multiplies in the config's bfloat16 slower than in float32 (CPUs without AMX or
+AVX512-BF16), both stacks train in float32 instead (``--precision``).
 
     python scripts/benchmark.py                  # the full epoch, both stacks
     python scripts/benchmark.py --max_steps 3 --output none
@@ -20,6 +22,7 @@ import datetime
 import functools
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -685,15 +688,27 @@ def model_flops_parameters(folder: str) -> int:
     return every - model.get_input_embeddings().weight.numel()
 
 
-def measure_peak_flops(
-    device: torch.device, dtype: torch.dtype, seconds: float = 2.0, size: int = 4096
-) -> float:
-    """FLOP/s of a ``size``×``size`` ``torch.mm`` in ``dtype`` on ``device``, repeated for about ``seconds``."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    torch.mm(a, b)  # warm-up: kernel selection, thread pool
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """FLOP/s of a square ``torch.mm`` in ``dtype`` on ``device``, repeated for about ``seconds``.
+
+    The size doubles from 512 up to 4096 while one product takes under 50 ms: large
+    enough to reach the peak where the dtype runs on matrix units, small enough not to
+    take minutes where it is emulated (bfloat16 on a CPU without AVX512-BF16 or AMX
+    runs at ~1 GFLOP/s, a hundredth of float32).
+    """
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    sync()
+    size = 512
+    while True:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        torch.mm(a, b)  # warm-up: kernel selection, thread pool
+        sync()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        if size >= 4096 or time.perf_counter() - start > 0.05:
+            break
+        size *= 2
     start, runs = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
@@ -702,6 +717,20 @@ def measure_peak_flops(
             sync()
     sync()
     return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def float32_config(config: dict[str, Any], directory: str) -> str:
+    """Write ``config`` with float32 matmuls (``32-true``, ``compute_dtype: float32``) and return its path.
+
+    For devices that multiply in the config's half precision slower than in float32:
+    both stacks then train in float32, as lit_lora itself would choose there.
+    """
+    config = json.loads(json.dumps(config))  # a deep copy of plain YAML data
+    config["trainer"]["precision"] = "32-true"
+    init_args(config, "model")["quantization"]["compute_dtype"] = "float32"
+    path = Path(directory) / "benchmark_float32.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
 
 
 def predicted_peak(config_path: str, max_steps: int | None) -> int | None:
@@ -778,17 +807,16 @@ def machine_description(device: torch.device, peaks: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, device_type: str, body: str) -> None:
-    """Replace the section of ``device_type`` in ``path`` (create it if missing), keeping the rest.
+def write_section(path: Path, device_type: str, dtype_name: str, body: str) -> None:
+    """Replace the section of ``device_type`` and ``dtype_name`` in ``path`` (create it if missing), keeping the rest.
 
     Sections are delimited by HTML comments, so a CPU run never touches a CUDA
-    result; everything above :data:`RESULTS_MARKER` is hand-written and kept.
+    result, nor a float32 run a bfloat16 one; everything above
+    :data:`RESULTS_MARKER` is hand-written and kept.
     """
-    begin, end = (
-        f"<!-- benchmark:{device_type}:begin -->",
-        f"<!-- benchmark:{device_type}:end -->",
-    )
-    section = f"{begin}\n## {SECTION_TITLES[device_type]}\n\n{body}\n{end}"
+    key = f"{device_type}-{dtype_name}"
+    begin, end = f"<!-- benchmark:{key}:begin -->", f"<!-- benchmark:{key}:end -->"
+    section = f"{begin}\n## {SECTION_TITLES[device_type]}, {dtype_name}\n\n{body}\n{end}"
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{RESULTS_MARKER}\n"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
@@ -809,17 +837,28 @@ def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     ensure_gguf_link(config)
     folder = model_folder(config)
     device = training_device(args.device)
-    predicted = predicted_peak(args.config, args.max_steps)
-    dtype = compute_dtype(config)
     peaks = {
         str(d).removeprefix("torch."): measure_peak_flops(device, d)
         for d in (torch.bfloat16, torch.float32)
     }
-    peak = peaks[str(dtype).removeprefix("torch.")]
+    dtype = compute_dtype(config)
+    dtype_name = str(dtype).removeprefix("torch.")
+    workdir = tempfile.TemporaryDirectory(prefix="lit_lora_benchmark_config_")
+    if args.precision == "auto" and peaks.get(dtype_name, math.inf) < peaks["float32"]:
+        print(
+            f"benchmark: this {device.type} multiplies in {dtype_name} at {peaks[dtype_name] / 1e9:,.1f} GFLOP/s "
+            f"against {peaks['float32'] / 1e9:,.1f} in float32, so both stacks train in float32 "
+            "(--precision config keeps the config's)",
+            flush=True,
+        )
+        args.config = float32_config(config, workdir.name)
+        config, dtype, dtype_name = load_config(args.config), torch.float32, "float32"
+    predicted = predicted_peak(args.config, args.max_steps)
+    peak = peaks[dtype_name]
     n = model_flops_parameters(folder)
     # A frozen base gets no weight gradients: forward 2N + input gradients 2N per token.
     flops_per_token = 4 * n
-    mfu_formula = f"4·N·tokens/s ÷ {str(dtype).removeprefix('torch.')} mm peak, N = {n / 1e6:.1f}M"
+    mfu_formula = f"4·N·tokens/s ÷ {dtype_name} mm peak, N = {n / 1e6:.1f}M"
 
     results = {}
     for stack in args.stacks:
@@ -854,10 +893,9 @@ def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     print(f"\n{table}\n\n{notes}\n")
     if args.output is not None:
         body = f"{machine_description(device, peaks)}\n\nCommand: `{command}`\n\n{table}\n\n{notes}\n"
-        write_section(Path(args.output), device.type, body)
-        print(
-            f"benchmark: wrote the {SECTION_TITLES[device.type]} section of {args.output}"
-        )
+        write_section(Path(args.output), device.type, dtype_name, body)
+        print(f"benchmark: wrote the {SECTION_TITLES[device.type]}, {dtype_name} section of {args.output}")
+    workdir.cleanup()
     summary = {"results": results, "table": table, "predicted_peak_bytes": predicted}
     if args.json is not None:
         Path(args.json).write_text(json.dumps(summary, indent=2))
@@ -903,6 +941,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         default=DEFAULT_CONFIG,
         help=f"lit_lora fit config both stacks take their settings from (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "config"),
+        default="auto",
+        help="auto: the config's trainer.precision, unless this device multiplies in its half precision "
+        "slower than in float32 (bfloat16 on most CPUs without AMX): then both stacks train in float32; "
+        "config: always the config's (default: auto)",
     )
     parser.add_argument(
         "--json", default=None, help="also write all measurements to this JSON file"

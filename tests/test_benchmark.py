@@ -115,3 +115,32 @@ def test_short_run_of_both_stacks_reports_every_metric(tmp_path):
     for _, label, _ in benchmark.ROWS:
         assert label in summary["table"] and label in run.stdout
     assert "lit_lora peak memory:" in run.stdout
+
+
+def test_each_device_and_precision_keeps_its_own_section(tmp_path):
+    benchmark = load_benchmark()
+    path = tmp_path / "benchmarks.md"
+    path.write_text(f"# Benchmarks\n\nhand-written notes\n\n{benchmark.RESULTS_MARKER}\n")
+    benchmark.write_section(path, "cpu", "bfloat16", "first bf16")
+    benchmark.write_section(path, "cpu", "float32", "first fp32")
+    benchmark.write_section(path, "cpu", "bfloat16", "second bf16")
+
+    text = path.read_text()
+    assert "hand-written notes" in text
+    assert "first bf16" not in text
+    assert text.count("## CPU, bfloat16\n\nsecond bf16") == 1
+    assert text.count("## CPU, float32\n\nfirst fp32") == 1
+    assert text.index("CPU, bfloat16") < text.index("CPU, float32")
+
+
+def test_float32_config_changes_only_the_precision(tmp_path):
+    benchmark = load_benchmark()
+    config = benchmark.load_config(REPO / "configs/benchmark.yaml")
+    written = benchmark.load_config(benchmark.float32_config(config, str(tmp_path)))
+
+    assert benchmark.compute_dtype(config) is benchmark.torch.bfloat16
+    assert benchmark.compute_dtype(written) is benchmark.torch.float32
+    assert benchmark.init_args(written, "model")["quantization"]["compute_dtype"] == "float32"
+    written["trainer"]["precision"] = config["trainer"]["precision"]
+    benchmark.init_args(written, "model")["quantization"]["compute_dtype"] = "bfloat16"
+    assert written == config

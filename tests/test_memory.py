@@ -149,7 +149,10 @@ def test_auto_batch_size_picks_a_micro_batch_and_accumulation(tmp_path, monkeypa
     # The tiny model needs a few MiB per batch: all 16 fit at once.
     assert (micro, accumulation) == (16, 1)
     assert f"micro-batch {micro} x gradient accumulation {accumulation}" in log
-    assert "estimated memory at batch_size 16 x max_length 128" in log
+    # Taken at the longest example read, which is shorter than max_length.
+    length = cli.datamodule.longest_batch_length()
+    assert length == max(stats.max_length for stats in cli.datamodule.stats.values()) < 128
+    assert f"estimated memory at batch_size 16 x sequence length {length} (the longest batch; data.max_length 128)" in log
 
 
 def test_auto_batch_size_shrinks_and_warns_when_memory_is_short(tmp_path, monkeypatch):

@@ -5,15 +5,17 @@ Takes the same command line as ``fit`` (``--config``, any ``--model.*``, ``--dat
 component, the memory the device has free, and whether the run fits. Only the
 model's config is read (``config.json``, or the GGUF file's metadata): the model is
 built on the meta device to count its parameters and find its linear layers, and
-no weight is read.
+no weight is read. The data is read and tokenized as ``fit`` does (and cached
+alike, so ``fit`` then finds it done) to find the longest batch.
 
 On CPU the total is the peak RSS of the whole ``fit`` process: the Python process
 with its libraries, loading the base (weight files and a converted copy, see
 ``lit_lora.memory.loading_bytes``), and training. On a GPU it is the device memory
 the run needs, CUDA context included.
 
-Activations and logits are taken at ``data.max_length``: batches padded to a
-shorter longest example need less. A GGUF model's first ``fit`` also converts it
+Activations and logits are taken at the longest batch: batches are padded to their
+longest example, so the peak comes with the batch that holds the longest example
+read (``data.max_length`` with packing). A GGUF model's first ``fit`` also converts it
 once into the cache (``lit_lora.source``), which is not estimated: the estimate is
 of every run after that one.
 """
@@ -26,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.adapter_dir import check_adapter_dir
@@ -62,13 +65,15 @@ class PeakEstimate:
         available: Bytes free on the device now (available RAM, or free CUDA memory).
         device: ``cpu`` or ``cuda``.
         batch_size: The micro-batch estimated (``batch_size: auto`` resolved).
-        max_length: Tokens per sequence estimated.
+        length: Tokens per sequence estimated: those of the longest batch.
+        max_length: ``data.max_length``.
     """
 
     memory: MemoryEstimate
     available: int
     device: str
     batch_size: int
+    length: int
     max_length: int
 
     @property
@@ -89,7 +94,8 @@ class PeakEstimate:
             self.total_bytes, self.available, "at its peak it needs about"
         )[1]
         return (
-            f"estimated peak memory at batch_size {self.batch_size} x max_length {self.max_length} on "
+            f"estimated peak memory at batch_size {self.batch_size} x sequence length {self.length} (the "
+            f"longest batch; data.max_length {self.max_length}) on "
             f"{self.device}:\n{self.memory.table()}\n"
             f"  {'available':<13}{self.available / 2**20:>12,.1f} MiB\n{verdict}"
         )
@@ -218,6 +224,8 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
     loading = loading_bytes(
         source_bytes(model, peft_model.config, total_params), total_params, quantization
     )
+    # The data last: its tokenizer comes from the model source checked above.
+    length = longest_batch_length(config.data)
     cuda = uses_cuda(config.trainer)
     available = available_memory(torch.device("cuda" if cuda else "cpu"))
 
@@ -225,7 +233,7 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         return estimate_memory(
             shape,
             batch_size,
-            data.max_length,
+            length,
             quantization,
             optimizer_bytes,
             checkpointing,
@@ -248,8 +256,24 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         available,
         "cuda" if cuda else "cpu",
         batch_size,
+        length,
         data.max_length,
     )
+
+
+def longest_batch_length(data: Namespace) -> int:
+    """The data module's longest batch, in tokens, once it has read the training and validation data.
+
+    Args:
+        data: The ``data`` settings (``class_path`` and ``init_args``).
+    """
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    module = parser.instantiate_classes(Namespace(data=data)).data
+    if not hasattr(module, "longest_batch_length"):
+        return data.init_args.max_length
+    module.setup("fit")
+    return module.longest_batch_length()
 
 
 def main(args: Sequence[str]) -> PeakEstimate:

@@ -387,6 +387,20 @@ class SFTDataModule(LightningDataModule):
             generator=self._generator(),
         )
 
+    def longest_batch_length(self) -> int:
+        """Tokens per sequence of the longest batch the prepared splits can make.
+
+        Batches are padded to their longest example, so memory peaks at the batch
+        holding the longest one: that example's length (rounded up to
+        ``pad_to_multiple_of``), or ``max_length`` with packing, which fills
+        sequences to it, or when no split is prepared yet.
+        """
+        lengths = [stats.max_length for stats in self.stats.values()]
+        if self.packing or not lengths:
+            return self.max_length
+        multiple = self.pad_to_multiple_of or 1
+        return min(self.max_length, -(-max(lengths) // multiple) * multiple)
+
     def dataset(self, split: Split) -> Dataset | None:
         """The tokenized examples of a split (``input_ids``, ``labels``), in file order.
 

@@ -222,3 +222,20 @@ def test_trainer_runs_with_and_without_validation(
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == (2 if val_fraction == 0 else 1)
     assert model.validation_batches == validation_batches
+
+
+def test_longest_batch_length_is_the_longest_example_read(rows_file: str, chat_path: str) -> None:
+    def data(**settings) -> SFTDataModule:
+        return SFTDataModule(rows_file, tokenizer_name_or_path=chat_path, **{"max_length": 64, **settings})
+
+    unread = data()
+    assert unread.longest_batch_length() == 64  # nothing read: the bound
+    for settings, expected in (
+        ({}, 15),  # 12 prompt + 3 response tokens of ROWS[1]
+        ({"pad_to_multiple_of": 8}, 16),
+        ({"max_length": 14}, 14),  # cut at max_length
+        ({"packing": True}, 64),  # packs fill sequences up to max_length
+    ):
+        module = data(**settings)
+        module.setup("fit")
+        assert module.longest_batch_length() == expected, settings
