@@ -155,6 +155,8 @@ def check_memory(
     shape = ModelShape.from_model(model)
     # The data module has read its splits by now (Lightning sets it up before configure_model).
     length = data.longest_batch_length() if hasattr(data, "longest_batch_length") else data.max_length
+    # Sequences in the batch per example: 2 for preference pairs.
+    sequences = getattr(data, "sequences_per_example", 1)
     device = trainer.strategy.root_device
     # Every device must pick the same micro-batch: take the least memory of any.
     free = torch.tensor(float(available_memory(device)), dtype=torch.float64, device=device)
@@ -164,7 +166,7 @@ def check_memory(
     def estimate(batch_size: int, checkpointing: bool) -> MemoryEstimate:
         return estimate_memory(
             shape,
-            batch_size,
+            batch_size * sequences,
             length,
             quantization,
             optimizer_bytes,

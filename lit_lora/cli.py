@@ -214,12 +214,14 @@ class ConfigOnlyCLI(LitLoraCLI):
 
 def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCLI] = LitLoraCLI) -> LitLoraCLI:
     """A LitLoraCLI (or ``cli_class``, a subclass) with lit_lora's module, data module and defaults."""
-    from lit_lora.data import SFTDataModule
+    from lightning.pytorch import LightningDataModule
+
     from lit_lora.model import LoRAModule
 
     return cli_class(
         LoRAModule,
-        SFTDataModule,
+        # Any data module: SFT, classification and preference data share no base beyond this.
+        LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         # The module builds its own optimizer from the trainable parameters only and

@@ -8,17 +8,18 @@ import inspect
 import docstring_parser
 import pytest
 
-from lit_lora import LoRAModule, LoRASettings, LRSchedule, QuantizationSettings
+from lit_lora import DPOModule, LoRAModule, LoRASettings, LRSchedule, QuantizationSettings
 from lit_lora.callbacks import (
     AdapterExport,
     GenerationPreview,
     PredictionWriter,
     TrainingDiagnostics,
 )
-from lit_lora.data import SFTDataModule
+from lit_lora.data import ClassificationDataModule, SFTDataModule
 
+# ClassificationModule and PreferenceDataModule add no arguments to their parents'.
 CONFIGURABLE = [
-    LoRAModule, SFTDataModule, QuantizationSettings, LoRASettings, LRSchedule,
+    LoRAModule, SFTDataModule, DPOModule, ClassificationDataModule, QuantizationSettings, LoRASettings, LRSchedule,
     AdapterExport, GenerationPreview, PredictionWriter, TrainingDiagnostics,
 ]
 
@@ -28,7 +29,8 @@ def test_every_constructor_argument_has_a_docstring(cls):
     if dataclasses.is_dataclass(cls):
         names = [field.name for field in dataclasses.fields(cls)]
     else:
-        names = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names = [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     doc = docstring_parser.parse(cls.__doc__)
     documented = {param.arg_name: param.description for param in doc.params}
     missing = [name for name in names if not documented.get(name)]

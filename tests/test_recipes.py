@@ -11,9 +11,14 @@ from parsing import parse
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs" / "recipes").glob("*.yaml"))
 
-# One recipe per task of the reference training guide that lit_lora can train (a DPO
-# recipe joins when preference tuning exists).
-EXPECTED = {"chat.yaml", "code.yaml", "domain.yaml", "classify.yaml"}
+# One recipe per task of the reference training guide, and classification both ways
+# (a head, or the label written as text).
+EXPECTED = {"chat.yaml", "code.yaml", "domain.yaml", "classify.yaml", "classification.yaml", "dpo.yaml"}
+# The module and data module of the recipes that train another objective than SFT.
+CLASSES = {
+    "classification": ("lit_lora.ClassificationModule", "lit_lora.data.ClassificationDataModule"),
+    "dpo": ("lit_lora.DPOModule", "lit_lora.data.PreferenceDataModule"),
+}
 
 
 def parse_fit(args: list[str]) -> dict:
@@ -96,10 +101,11 @@ def test_recipe_parses_through_the_cli(recipe, tmp_path, monkeypatch):
     # From an empty folder: the data paths are placeholders, which parsing never opens.
     monkeypatch.chdir(tmp_path)
     config = parse_fit(["fit", "--config", str(recipe)])
-    assert config["model"]["class_path"] == "lit_lora.LoRAModule"
-    assert config["data"]["class_path"] == "lit_lora.data.SFTDataModule"
+    module, data_module = CLASSES.get(recipe.stem, ("lit_lora.LoRAModule", "lit_lora.data.SFTDataModule"))
+    assert config["model"]["class_path"] == module
+    assert config["data"]["class_path"] == data_module
     data = config["data"]["init_args"]
-    assert data["train_file"] or data["mix"]
+    assert data["train_file"] or data.get("mix")
     assert config["trainer"]["default_root_dir"] == f"runs/{recipe.stem}"
     # The model's tokenizer reaches the data module through the CLI's link.
     assert data["tokenizer_name_or_path"] == config["model"]["init_args"]["model_name_or_path"]
@@ -144,12 +150,16 @@ def test_recipes_differ_where_their_tasks_do(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     configs = {recipe.stem: parse_fit(["fit", "--config", str(recipe)]) for recipe in RECIPES}
     lora = {name: config["model"]["init_args"]["lora"] for name, config in configs.items()}
-    lr = {name: config["model"]["init_args"]["optimizer"]["init_args"]["lr"] for name, config in configs.items()}
+    # An unset optimizer is the default PagedAdamW8bit at 2e-4.
+    optimizers = {name: config["model"]["init_args"]["optimizer"] for name, config in configs.items()}
+    lr = {name: optimizer["init_args"]["lr"] if optimizer else 2e-4 for name, optimizer in optimizers.items()}
     assert {name: (lora[name]["r"], lora[name]["alpha"]) for name in lora} == {
-        "chat": (16, 32), "code": (32, 64), "domain": (64, 128), "classify": (8, 16)
+        "chat": (16, 32), "code": (32, 64), "domain": (64, 128), "classify": (8, 16), "classification": (8, 16),
+        "dpo": (16, 32),  # unused: DPO continues the SFT adapter of model.adapter_path
     }
-    assert lr == {"chat": 2e-4, "code": 1e-4, "domain": 5e-5, "classify": 3e-4}
-    assert lora["classify"]["target_modules"] == ["q_proj", "v_proj"]
+    assert lr == {"chat": 2e-4, "code": 1e-4, "domain": 5e-5, "classify": 3e-4, "classification": 2e-4, "dpo": 5e-5}
+    assert lora["classify"]["target_modules"] == lora["classification"]["target_modules"] == ["q_proj", "v_proj"]
+    assert configs["dpo"]["model"]["init_args"]["adapter_path"]
     assert configs["code"]["data"]["init_args"]["max_length"] >= 2048
     assert configs["classify"]["data"]["init_args"]["max_length"] < 2048
     mix = configs["domain"]["data"]["init_args"]["mix"]

@@ -14,6 +14,8 @@ SHORT_NAMES = {
     "train/loss": "loss",
     "train/lr": "lr",
     "train/supervised_tokens_per_sec": "tok/s",
+    "train/examples_per_sec": "ex/s",
+    "train/pairs_per_sec": "pairs/s",
     "val/loss": "val_loss",
     "val/perplexity": "val_ppl",
 }

@@ -225,14 +225,14 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         source_bytes(model, peft_model.config, total_params), total_params, quantization
     )
     # The data last: its tokenizer comes from the model source checked above.
-    length = longest_batch_length(config.data)
+    length, sequences = longest_batch(config.data)
     cuda = uses_cuda(config.trainer)
     available = available_memory(torch.device("cuda" if cuda else "cpu"))
 
     def estimate(batch_size: int, checkpointing: bool) -> MemoryEstimate:
         return estimate_memory(
             shape,
-            batch_size,
+            batch_size * sequences,
             length,
             quantization,
             optimizer_bytes,
@@ -261,19 +261,23 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
     )
 
 
-def longest_batch_length(data: Namespace) -> int:
-    """The data module's longest batch, in tokens, once it has read the training and validation data.
+def longest_batch(data: Namespace) -> tuple[int, int]:
+    """The data module's longest batch, once it has read the training and validation data.
 
     Args:
         data: The ``data`` settings (``class_path`` and ``init_args``).
+
+    Returns:
+        ``(tokens per sequence, sequences per example)``: the second is 2 for preference pairs.
     """
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningDataModule, "data")
     module = parser.instantiate_classes(Namespace(data=data)).data
+    sequences = getattr(module, "sequences_per_example", 1)
     if not hasattr(module, "longest_batch_length"):
-        return data.init_args.max_length
+        return data.init_args.max_length, sequences
     module.setup("fit")
-    return module.longest_batch_length()
+    return module.longest_batch_length(), sequences
 
 
 def main(args: Sequence[str]) -> PeakEstimate:

@@ -1,5 +1,6 @@
 """Supervised fine-tuning data: reading files, rendering prompts and responses, tokenizing, batching."""
 
+from lit_lora.data.classification import ClassificationDataModule
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.datamodule import SFTDataModule
 from lit_lora.data.encode import IGNORE_INDEX, Example, encode_segments, sequence_prefix
@@ -10,12 +11,16 @@ from lit_lora.data.formats import (
     resolve_format,
     to_conversation,
 )
+from lit_lora.data.preference import PairCollator, PreferenceDataModule
 from lit_lora.data.render import Segment, render_chat, resolve_template
 
 __all__ = [
     "FORMAT_COLUMNS",
     "IGNORE_INDEX",
+    "ClassificationDataModule",
     "Example",
+    "PairCollator",
+    "PreferenceDataModule",
     "PromptCollator",
     "PromptExample",
     "SFTCollator",

@@ -107,7 +107,9 @@ class SFTDataModule(LightningDataModule):
 
     To add a format, subclass, add its required columns to ``format_columns`` and
     handle it in ``to_conversation``; ``render`` and ``encode`` can be overridden to
-    change how examples become text and tokens.
+    change how examples become text and tokens, ``encode_row``, ``example_columns`` and
+    ``collator`` to carry more per example (``lit_lora.data.PreferenceDataModule``
+    pairs two responses this way).
 
     Args:
         train_file: Training data: a local file, or a hub dataset id ``name`` or
@@ -180,6 +182,8 @@ class SFTDataModule(LightningDataModule):
     """
 
     format_columns: ClassVar[Mapping[str, Sequence[str]]] = FORMAT_COLUMNS
+    # What a tokenized example keeps for batching (a subclass adds its own columns).
+    example_columns: ClassVar[tuple[str, ...]] = ("input_ids", "labels")
 
     def __init__(
         self,
@@ -348,7 +352,7 @@ class SFTDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches, right-padded or packed; each epoch's order is fixed by ``seed``."""
         examples = self._split("train").examples
-        dataset, collate = examples, self._collator()
+        dataset, collate = examples, self.collator()
         if self.mix:
             sampler = MixSampler(self._mix_sizes, [source.weight for source in self.mix], self.seed)
         elif self.packing:
@@ -395,11 +399,15 @@ class SFTDataModule(LightningDataModule):
         ``pad_to_multiple_of``), or ``max_length`` with packing, which fills
         sequences to it, or when no split is prepared yet.
         """
-        lengths = [stats.max_length for stats in self.stats.values()]
+        lengths = self._longest_examples()
         if self.packing or not lengths:
             return self.max_length
         multiple = self.pad_to_multiple_of or 1
         return min(self.max_length, -(-max(lengths) // multiple) * multiple)
+
+    def _longest_examples(self) -> list[int]:
+        """The token length of the longest kept example of each prepared split."""
+        return [stats.max_length for stats in self.stats.values()]
 
     def dataset(self, split: Split) -> Dataset | None:
         """The tokenized examples of a split (``input_ids``, ``labels``), in file order.
@@ -451,7 +459,7 @@ class SFTDataModule(LightningDataModule):
         return DataLoader(
             examples,
             batch_size=self.eval_batch_size,
-            collate_fn=self._collator(),
+            collate_fn=self.collator(),
             num_workers=self.num_workers,
             generator=self._generator(),
         )
@@ -463,7 +471,11 @@ class SFTDataModule(LightningDataModule):
         # validation the interrupted run did) could not reproduce them.
         return torch.Generator().manual_seed(self.seed)
 
-    def _collator(self) -> SFTCollator:
+    def collator(self) -> SFTCollator:
+        """What batches the examples of training (unpacked), validation and test: an :class:`SFTCollator`.
+
+        Override with :meth:`encode_row` to batch columns a subclass adds.
+        """
         return SFTCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
     def _split(self, split: Split) -> _Part | None:
@@ -536,7 +548,7 @@ class SFTDataModule(LightningDataModule):
         format = resolve_format(format or self.format, rows.column_names, source, self.format_columns)
         with one_thread_per_process():
             examples = rows.map(
-                self._detached()._encode_row,
+                self._detached().encode_row,
                 with_indices=True,
                 fn_kwargs={"format": format, "source": source, "path": value},
                 remove_columns=rows.column_names,
@@ -566,7 +578,7 @@ class SFTDataModule(LightningDataModule):
             )
         return _Part(
             part.rows.select(kept),
-            part.examples.select(kept).select_columns(["input_ids", "labels"]),
+            part.examples.select(kept).select_columns(list(self.example_columns)),
             part.format,
             part.source,
         )
@@ -606,7 +618,23 @@ class SFTDataModule(LightningDataModule):
         clone._splits = {}
         return clone
 
-    def _encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
+    def encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
+        """Render and tokenize one row of a data file, as ``Dataset.map`` calls it.
+
+        Override to add columns to each example (list them in ``example_columns``, and
+        batch them in :meth:`collator`). The tokenized examples are cached by
+        ``datasets``, keyed by this module's rendering settings and code.
+
+        Args:
+            row: One row as read from the file.
+            index: Its 0-based position in the file, for error messages.
+            format: The format of the file.
+            source: The setting and file, named in errors (``data.train_file 'x.jsonl'``).
+            path: The file or hub id the row comes from.
+
+        Raises:
+            ConfigError: The row does not fit the format, naming its file and line.
+        """
         try:
             segments = self.render(row, format)
         except ConfigError as error:

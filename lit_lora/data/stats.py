@@ -52,9 +52,9 @@ class SplitStats:
         return self.supervised / self.tokens if self.tokens else 0.0
 
 
-def token_lengths(examples: Dataset) -> np.ndarray:
-    """Token count of every example, read from Arrow without materialising the token lists."""
-    return pc.list_value_length(examples.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+def token_lengths(examples: Dataset, column: str = "input_ids") -> np.ndarray:
+    """Token count of every example (of its ``column``), read from Arrow without materialising the token lists."""
+    return pc.list_value_length(examples.with_format("arrow")[column]).to_numpy(zero_copy_only=False)
 
 
 def split_stats(examples: Dataset, rows: Sequence[int] | None = None) -> SplitStats:

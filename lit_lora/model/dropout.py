@@ -50,7 +50,8 @@ class ReplayDropout(nn.Module):
                 raise RuntimeError("ReplayDropout: recomputed without a mask from the forward pass.")
             mask = self._masks.popleft()
         else:
-            mask = torch.rand_like(x, dtype=torch.float32) >= self.p
+            # Drawn straight into booleans: a float32 draw would pass through 4 bytes per element.
+            mask = torch.empty_like(x, dtype=torch.bool).bernoulli_(1.0 - self.p)
             if torch.is_grad_enabled():
                 self._masks.append(mask)
         return x * mask * (1.0 / (1.0 - self.p))

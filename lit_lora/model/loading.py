@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -51,18 +53,34 @@ def load_base_model(
     quantization: QuantizationSettings,
     device: torch.device,
     attn_implementation: str | None = None,
+    model_class: type = AutoModelForCausalLM,
+    keep_unquantized: Sequence[str] = (),
+    **config: Any,
 ) -> PreTrainedModel:
-    """Load a causal LM from ``folder`` (or a hub id) onto ``device``, quantized as configured.
+    """Load a model from ``folder`` (or a hub id) onto ``device``, quantized as configured.
 
     Loading straight onto the training device matters for bitsandbytes: the weights
     are quantized as they arrive, so a 7B model never exists in 16-bit on the GPU.
+
+    Args:
+        folder: The model folder or hub id.
+        quantization: How the linear layers are stored.
+        device: Where the model is loaded.
+        attn_implementation: Attention kernel; ``None`` lets transformers choose.
+        model_class: The ``AutoModelFor...`` class to build (a causal LM by default).
+        keep_unquantized: Names of modules bitsandbytes must leave in full precision
+            (a classification head that trains in full).
+        **config: Overrides of the model config (``num_labels``, ``pad_token_id``...).
     """
-    kwargs = {}
+    kwargs = dict(config)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(
+    bnb_config = quantization.to_bnb_config()
+    if bnb_config is not None and keep_unquantized:
+        bnb_config.llm_int8_skip_modules = list(keep_unquantized)
+    model = model_class.from_pretrained(
         folder,
-        quantization_config=quantization.to_bnb_config(),
+        quantization_config=bnb_config,
         dtype=resolve_dtype(quantization.compute_dtype),
         device_map={"": device},
         **kwargs,

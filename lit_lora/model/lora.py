@@ -49,8 +49,13 @@ class LoRASettings:
     use_rslora: bool = False
     init_lora_weights: bool | str = True
 
-    def to_peft_config(self) -> LoraConfig:
-        """The PEFT ``LoraConfig`` for a causal language model."""
+    def to_peft_config(self, task_type: str = "CAUSAL_LM") -> LoraConfig:
+        """The PEFT ``LoraConfig``.
+
+        Args:
+            task_type: PEFT's task: ``CAUSAL_LM``, or ``SEQ_CLS`` (which also trains the
+                classification head in full).
+        """
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
@@ -62,5 +67,5 @@ class LoRASettings:
             use_dora=self.use_dora,
             use_rslora=self.use_rslora,
             init_lora_weights=self.init_lora_weights,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )

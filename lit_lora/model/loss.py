@@ -76,3 +76,44 @@ def head_loss_sum(
 def _scored_loss_sum(states: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
     # Float32 for the log-softmax, as in token_loss_sum.
     return F.cross_entropy(head(states).float(), targets, reduction="sum")
+
+
+def sequence_log_probs(
+    hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, chunk_rows: int = LOSS_CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each sequence's supervised tokens, with the head applied only where it counts.
+
+    The score of a whole response, as preference losses compare them: ``sum_t log
+    p(label_t)`` over the supervised positions of each row, with the same chunking as
+    :func:`head_loss_sum`. Pass logits and ``torch.nn.Identity()`` for a model whose
+    logits are not its head applied to its hidden states.
+
+    Args:
+        hidden: ``(B, T, D)`` final hidden states.
+        head: The output projection ``D -> V``.
+        labels: ``(B, T)`` as in :func:`token_loss_sum`.
+        chunk_rows: Supervised positions scored at once.
+
+    Returns:
+        ``(log_probs, num_tokens)``, each ``(B,)``: float32 sums per row, and the
+        supervised tokens per row.
+    """
+    targets = labels[:, 1:]
+    supervised = targets != IGNORE_INDEX
+    rows = torch.arange(labels.size(0), device=labels.device).unsqueeze(1).expand_as(targets)[supervised]
+    states, targets = hidden[:, :-1][supervised], targets[supervised]
+    if states.size(0) <= chunk_rows:
+        token_log_probs = _token_log_probs(states, targets, head)
+    else:
+        token_log_probs = torch.cat(
+            [
+                checkpoint(_token_log_probs, chunk, chunk_targets, head, use_reentrant=False)
+                for chunk, chunk_targets in zip(states.split(chunk_rows), targets.split(chunk_rows))
+            ]
+        )
+    sums = torch.zeros(labels.size(0), dtype=torch.float32, device=labels.device).index_add(0, rows, token_log_probs)
+    return sums, supervised.sum(dim=1)
+
+
+def _token_log_probs(states: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    return -F.cross_entropy(head(states).float(), targets, reduction="none")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -94,6 +94,10 @@ class LoRAModule(LightningModule):
             ``lora`` is not used. ``validate``/``test``/``predict`` with
             ``--ckpt_path <adapter folder>`` set this for you.
     """
+
+    # PEFT's task type of the adapter, and what the loss counts (named in the throughput log).
+    peft_task_type: ClassVar[str] = "CAUSAL_LM"
+    count_unit: ClassVar[str] = "supervised_tokens"
 
     def __init__(
         self,
@@ -214,7 +218,7 @@ class LoRAModule(LightningModule):
                 f"alpha={config.lora_alpha}, targets={sorted(config.target_modules)}); model.lora is not used"
             )
         else:
-            model = get_peft_model(base, self.lora.to_peft_config())
+            model = get_peft_model(base, self.lora.to_peft_config(self.peft_task_type))
             # Record what the user named, not the cache folder a GGUF or random model loads from.
             model.peft_config["default"].base_model_name_or_path = self.model_name_or_path
         # from_pretrained returns a model in eval mode, and Lightning keeps the modes it
@@ -341,7 +345,7 @@ class LoRAModule(LightningModule):
             {
                 "train/loss": loss,
                 "train/lr": torch.tensor(optimizer.param_groups[0]["lr"]),
-                "train/supervised_tokens_per_sec": count / seconds,
+                f"train/{self.count_unit}_per_sec": count / seconds,
             },
             prog_bar=True,
             on_step=True,
@@ -501,6 +505,7 @@ class LoRAModule(LightningModule):
         directory = Path(directory)
         # lit_lora never resizes the vocabulary, so the base embeddings need no copy;
         # PEFT's "auto" would look the base config up, on the hub when it is not local.
-        self.model.save_pretrained(directory, save_embedding_layers=False)
+        # Only the trained adapter: a subclass may hold frozen ones too (DPO's reference).
+        self.model.save_pretrained(directory, save_embedding_layers=False, selected_adapters=["default"])
         self.tokenizer.save_pretrained(directory)
         return directory

@@ -1,0 +1,357 @@
+"""The data module for sequence classification: a text column and a label column."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from datasets import Dataset
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lit_lora.data.diagnose import row_location
+from lit_lora.data.files import check_data_path, load_split
+from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
+from lit_lora.data.sampler import EpochShuffleSampler
+from lit_lora.data.split import holdout_split
+from lit_lora.errors import ConfigError
+from lit_lora.tokenizer import load_tokenizer
+
+Split = Literal["train", "validation", "test", "predict"]
+_STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
+    "fit": ("train", "validation"),
+    "validate": ("validation",),
+    "test": ("test",),
+    "predict": ("predict",),
+    None: ("train", "validation", "test", "predict"),
+}
+
+
+def label_name(value: Any) -> str:
+    """A label as the mapping names it: the text of the value (``1`` and ``"1"`` are one label)."""
+    return str(value).strip()
+
+
+def sorted_labels(values: Sequence[Any]) -> list[str]:
+    """Distinct label names, numbers in numeric order (``2`` before ``10``), then text in alphabetical order."""
+    names = {label_name(value) for value in values}
+    return sorted(names, key=lambda name: (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name))
+
+
+class ClassificationCollator:
+    """Right-pads ``input_ids`` into ``(B, T)`` with an ``attention_mask``; ``labels`` is ``(B,)``.
+
+    Args:
+        pad_token_id: Id written into the padding.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+            attention_mask[index, : len(row["input_ids"])] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+        batch["index"] = torch.tensor([row["index"] for row in rows], dtype=torch.long)
+        return batch
+
+
+class ClassificationDataModule(LightningDataModule):
+    """Labelled texts for sequence classification, from CSV, JSON Lines, JSON or Parquet files.
+
+    Each row has a text and a label. Label names map to class ids in the order of
+    ``labels``; the module trains on the ids and ``predict`` writes the names back.
+    The mapping is saved with the adapter (``labels.json``), so a trained adapter
+    always reads its classes the way it was trained.
+
+    Args:
+        train_file: Training rows: a local file, or a hub dataset id ``name`` or ``name:split``.
+        val_file: Validation rows, like ``train_file``. Leave unset to hold out
+            ``val_fraction`` of the training rows instead, or to skip validation.
+        val_fraction: Share of the training rows held out for validation when there is
+            no ``val_file``, in [0, 1); the split is fixed by ``seed``.
+        test_file: Rows for ``test``; unset uses the validation rows.
+        predict_file: Texts to classify in ``predict``; a label column is optional and,
+            when present, is written next to each prediction as the reference. Unset
+            uses the validation rows.
+        text_field: Column holding the text.
+        label_field: Column holding the label (text or integer).
+        labels: Label names in class-id order. Unset: the distinct labels of
+            ``train_file``, numbers in numeric order, then names in alphabetical order.
+            A row whose label is not among them is an error naming its file and line.
+        class_weights: Loss weight of each class, in ``labels`` order, or ``balanced``
+            (``rows / (classes x rows of the class)`` over the training rows, as
+            scikit-learn computes it) for imbalanced data; unset weighs all alike.
+        max_length: Longest text in tokens; longer texts keep their first ``max_length``.
+        batch_size: Rows per training batch, or ``auto`` (see ``lit_lora.auto_batch``).
+        effective_batch_size: With ``batch_size: auto``, the rows per optimizer step.
+        eval_batch_size: Rows per validation, test and predict batch; unset uses ``batch_size``.
+        num_workers: DataLoader worker processes.
+        seed: Seeds the training shuffle and the ``val_fraction`` split.
+        tokenizer_name_or_path: Tokenizer folder or hub id; the CLI fills it in from the model.
+        gguf_file: GGUF file holding the tokenizer; the CLI fills it in from the model.
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        val_fraction: float = 0.0,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        text_field: str = "text",
+        label_field: str = "label",
+        labels: list[str] | None = None,
+        class_weights: list[float] | Literal["balanced"] | None = None,
+        max_length: int = 512,
+        batch_size: int | Literal["auto"] = 16,
+        effective_batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+        tokenizer_name_or_path: str | None = None,
+        gguf_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        for field, value in (
+            ("data.train_file", train_file),
+            ("data.val_file", val_file),
+            ("data.test_file", test_file),
+            ("data.predict_file", predict_file),
+        ):
+            if value is not None:
+                check_data_path(value, field)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: {val_fraction} is outside [0, 1). Fix: use e.g. 0.1, or 0 for none.")
+        if val_file is not None and val_fraction > 0:
+            raise ConfigError("data.val_fraction is set together with data.val_file. Fix: set only one of them.")
+        if labels is not None and len(set(map(label_name, labels))) != len(labels):
+            raise ConfigError(f"data.labels: {labels} names a label twice. Fix: list each label once.")
+        if labels is not None and len(labels) < 2:
+            raise ConfigError(f"data.labels: {labels} has fewer than 2 classes. Fix: list every class.")
+        if isinstance(class_weights, list) and any(weight <= 0 for weight in class_weights):
+            raise ConfigError(f"data.class_weights: {class_weights} must all be > 0.")
+        for field, value in (("max_length", max_length), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{field}: {value} is below 1. Fix: set it to at least 1.")
+        self.train_file = train_file
+        self.val_file = val_file
+        self.val_fraction = val_fraction
+        self.test_file = test_file
+        self.predict_file = predict_file
+        self.text_field = text_field
+        self.label_field = label_field
+        self.labels = None if labels is None else [label_name(label) for label in labels]
+        self.class_weights = class_weights
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.effective_batch_size = effective_batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.gguf_file = gguf_file
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._splits: dict[str, Dataset | None] = {}
+        self._texts: dict[str, tuple[list[str], list[str | None]]] = {}
+
+    # ------------------------------------------------------------------ the label mapping
+    def label_names(self) -> list[str]:
+        """The label names in class-id order, read from ``train_file`` when ``labels`` is unset."""
+        if self.labels is None:
+            if self.train_file is None:
+                raise ConfigError(
+                    "data.labels is not set and there is no data.train_file to read them from. "
+                    "Fix: set data.labels to the class names in the order the adapter was trained with."
+                )
+            rows = self._rows("data.train_file", self.train_file, "train", need_labels=True)
+            self.labels = sorted_labels(rows[self.label_field])
+            if len(self.labels) < 2:
+                raise ConfigError(
+                    f"data.train_file '{self.train_file}': column '{self.label_field}' holds a single label "
+                    f"{self.labels}. Fix: a classifier needs at least 2 classes in its training data."
+                )
+        return self.labels
+
+    def loss_weights(self) -> torch.Tensor | None:
+        """Per-class loss weights in class-id order, or ``None`` for equal weights."""
+        if self.class_weights is None:
+            return None
+        names = self.label_names()
+        if self.class_weights == "balanced":
+            counts = np.bincount(np.asarray(self.dataset("train")["label"]), minlength=len(names))
+            if (counts == 0).any():
+                missing = [name for name, count in zip(names, counts) if count == 0]
+                raise ConfigError(
+                    f"data.class_weights: balanced, but the training rows hold no example of {missing}. "
+                    "Fix: add examples of every class, or give the weights as a list."
+                )
+            return torch.tensor(counts.sum() / (len(names) * counts), dtype=torch.float32)
+        if len(self.class_weights) != len(names):
+            raise ConfigError(
+                f"data.class_weights: {len(self.class_weights)} weights for {len(names)} labels {names}. "
+                "Fix: give one weight per label, in that order."
+            )
+        return torch.tensor(self.class_weights, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        """Load the tokenizer, the label mapping, and the splits the stage needs."""
+        if stage != "predict":
+            names = self.label_names()
+            rank_zero_info(f"lit_lora: {len(names)} labels: {', '.join(f'{i}={n}' for i, n in enumerate(names))}")
+        for split in _STAGE_SPLITS[stage]:
+            self.dataset(split)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; each epoch's order is fixed by ``seed``."""
+        examples = self.dataset("train")
+        return ResumableDataLoader(
+            examples,
+            batch_sampler=ResumableBatchSampler(EpochShuffleSampler(len(examples), self.seed), self.batch_size, drop_last=False),
+            collate_fn=ClassificationCollator(self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches, or ``[]`` when there is no validation data."""
+        return self._eval_dataloader("validation")
+
+    def test_dataloader(self) -> DataLoader | list:
+        """Test batches from ``test_file``, else the validation rows."""
+        return self._eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """Batches of the texts to classify, with ``index`` giving each one's row."""
+        return self._eval_dataloader("predict")
+
+    def longest_batch_length(self) -> int:
+        """Tokens of the longest text read (the longest padded batch), at most ``max_length``."""
+        lengths = [max(map(len, split["input_ids"]), default=0) for split in self._splits.values() if split is not None]
+        return max(lengths, default=0) or self.max_length
+
+    def texts(self, split: Split) -> list[str]:
+        """The texts of a split, in row order (``index`` of a batch points into them)."""
+        return self._texts_and_references(self._resolve(split))[0]
+
+    def references(self, split: Split) -> list[str | None]:
+        """The label names of a split's rows, or ``None`` where a predict file has no labels."""
+        return self._texts_and_references(self._resolve(split))[1]
+
+    def _texts_and_references(self, split: Split) -> tuple[list[str], list[str | None]]:
+        if split not in self._texts:
+            rows = self._source_rows(split)
+            texts = list(rows[self.text_field])
+            if self.label_field in rows.column_names:
+                self._texts[split] = (texts, [label_name(value) for value in rows[self.label_field]])
+            else:
+                self._texts[split] = (texts, [None] * len(texts))
+        return self._texts[split]
+
+    # ------------------------------------------------------------------ reading
+    def dataset(self, split: Split) -> Dataset | None:
+        """The tokenized rows of a split (``input_ids``, ``label``, ``index``), or ``None`` when it has none."""
+        split = self._resolve(split)
+        if split not in self._splits:
+            self._load(split)
+        return self._splits[split]
+
+    def _eval_dataloader(self, split: Split) -> DataLoader | list:
+        examples = self.dataset(split)
+        if not examples:
+            return []
+        return DataLoader(
+            examples,
+            batch_size=self.eval_batch_size,
+            collate_fn=ClassificationCollator(self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+        )
+
+    def _source(self, split: Split) -> tuple[str, str | None, str]:
+        """The setting, file and default hub split a split's rows come from."""
+        if split == "validation" and self.val_file is not None:
+            return "data.val_file", self.val_file, "validation"
+        if split in ("train", "validation"):
+            return "data.train_file", self.train_file, "train"
+        if split == "test":
+            return "data.test_file", self.test_file, "test"
+        return "data.predict_file", self.predict_file, "test"
+
+    def _resolve(self, split: Split) -> Split:
+        """The split whose rows ``split`` uses: the validation rows for a missing test or predict file."""
+        if (split == "test" and self.test_file is None) or (split == "predict" and self.predict_file is None):
+            return "validation"
+        return split
+
+    def _source_rows(self, split: Split) -> Dataset:
+        split = self._resolve(split)
+        field, value, default_split = self._source(split)
+        rows = self._rows(field, value, default_split, need_labels=split != "predict")
+        if field == "data.train_file" and split == "validation":
+            return rows.select(holdout_split(len(rows), self.val_fraction, self.seed)[1])
+        if field == "data.train_file" and self.val_fraction > 0:
+            return rows.select(holdout_split(len(rows), self.val_fraction, self.seed)[0])
+        return rows
+
+    def _rows(self, field: str, value: str, default_split: str, need_labels: bool) -> Dataset:
+        rows = load_split(value, field, default_split)
+        required = [self.text_field] + ([self.label_field] if need_labels else [])
+        missing = [column for column in required if column not in rows.column_names]
+        if missing:
+            raise ConfigError(
+                f"{field} '{value}': no column {missing} (columns: {rows.column_names}). "
+                "Fix: set data.text_field / data.label_field to the columns holding the text and the label."
+            )
+        return rows
+
+    def _load(self, split: Split) -> None:
+        _, value, _ = self._source(split)
+        if value is None or (split == "validation" and self.val_file is None and self.val_fraction == 0):
+            self._splits[split] = None
+            return
+        self._load_tokenizer()
+        field = self._source(split)[0]
+        rows = self._source_rows(split)
+        # Predicting needs no labels: a predict file's label column is only read as the reference.
+        has_labels = split != "predict"
+        names = self.label_names() if has_labels else []
+        ids = {name: index for index, name in enumerate(names)}
+        labels = []
+        for index, row in enumerate(rows):
+            text = row[self.text_field]
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"{field} '{value}', {row_location(value, index)}: '{self.text_field}' is empty or not text.")
+            if not has_labels:
+                labels.append(-1)
+                continue
+            name = label_name(row[self.label_field])
+            if name not in ids:
+                raise ConfigError(
+                    f"{field} '{value}', {row_location(value, index)}: label '{name}' is not one of {names}. "
+                    "Fix: correct the row, or add the label to data.labels (which then must list every class)."
+                )
+            labels.append(ids[name])
+        encoded = self.tokenizer(list(rows[self.text_field]), truncation=True, max_length=self.max_length)
+        self._splits[split] = Dataset.from_dict(
+            {"input_ids": encoded["input_ids"], "label": labels, "index": list(range(len(rows)))}
+        )
+
+    def _load_tokenizer(self) -> None:
+        if self.tokenizer is not None:
+            return
+        if self.tokenizer_name_or_path is None:
+            raise ConfigError(
+                "data.tokenizer_name_or_path is not set, so there is no tokenizer to prepare the data with. "
+                "Fix: set model.model_name_or_path (the CLI copies it here), or set data.tokenizer_name_or_path."
+            )
+        self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.gguf_file)

@@ -1,0 +1,126 @@
+"""Preference pairs for DPO: a prompt with a chosen and a rejected response."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from lit_lora.data.collate import SFTCollator
+from lit_lora.data.datamodule import SFTDataModule
+from lit_lora.data.encode import Example
+from lit_lora.data.formats import (
+    Conversation,
+    check_messages,
+    response_field,
+    text_field,
+)
+from lit_lora.data.stats import token_lengths
+from lit_lora.errors import ConfigError
+
+# The format of preference rows, and the internal name under which their rejected side is rendered.
+PREFERENCE = "preference"
+_REJECTED = "preference (rejected response)"
+
+
+def preference_conversation(row: Mapping[str, Any], response: str) -> Conversation:
+    """The conversation of a prompt and one of its responses (``chosen`` or ``rejected``).
+
+    The prompt is a string (one user turn) or a list of turns; the response a string
+    (one assistant turn) or a list of turns ending with the assistant's, as in TRL's
+    conversational preference data.
+
+    Raises:
+        ConfigError: A field is not text or turns, or the turns are malformed.
+    """
+    prompt = row["prompt"]
+    turns = [{"role": "user", "content": text_field(row, "prompt")}] if isinstance(prompt, str) else prompt
+    reply = row[response]
+    if isinstance(reply, str):
+        reply = [{"role": "assistant", "content": response_field(row, response)}]
+    if not isinstance(turns, list) or not isinstance(reply, list):
+        raise ConfigError(
+            f"fields 'prompt' and '{response}' must be text or lists of turns, not "
+            f"{type(row['prompt']).__name__} and {type(row[response]).__name__}."
+        )
+    return check_messages([*turns, *reply])
+
+
+class PairCollator:
+    """Batches preference pairs into one ``(2B, T)`` batch: the B chosen rows, then the B rejected.
+
+    One padded batch lets a single forward pass score both sides.
+
+    Args:
+        pad_token_id: The id written into ``input_ids`` at padded positions.
+        pad_to_multiple_of: As in :class:`~lit_lora.data.SFTCollator`.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.collate = SFTCollator(pad_token_id, pad_to_multiple_of)
+
+    def __call__(self, pairs: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
+        rejected = [{"input_ids": p["rejected_input_ids"], "labels": p["rejected_labels"]} for p in pairs]
+        return self.collate([*pairs, *rejected])
+
+
+class PreferenceDataModule(SFTDataModule):
+    """Preference data for DPO: rows with ``prompt``, ``chosen`` and ``rejected``.
+
+    Each side is rendered exactly as supervised fine-tuning renders a prompt and its
+    response (chat template or plain template, see ``lit_lora.data.render``), and only
+    the response is labelled: the prompt is masked on both sides. The prompt and
+    responses are text, or lists of role/content turns (the prompt may hold a system
+    turn and earlier dialogue). A pair is dropped, with a warning, when either side
+    has no response token left within ``max_length``.
+
+    Batches hold the chosen sequences and then the rejected ones (see
+    :class:`PairCollator`); ``batch_size`` counts pairs. Everything else is
+    :class:`~lit_lora.data.SFTDataModule`'s, with ``format`` fixed to ``preference``
+    and without ``packing`` or ``train_on_prompt``. Statistics and length grouping
+    read the chosen side; ``predict`` and generation previews use the prompt, with
+    the chosen response as the reference.
+    """
+
+    format_columns: ClassVar[Mapping[str, Sequence[str]]] = {PREFERENCE: ("prompt", "chosen", "rejected")}
+    example_columns: ClassVar[tuple[str, ...]] = ("input_ids", "labels", "rejected_input_ids", "rejected_labels")
+    # Each example is two sequences in the batch, which the memory estimate counts.
+    sequences_per_example: ClassVar[int] = 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.packing:
+            raise ConfigError("data.packing: preference pairs are not packed. Fix: set data.packing: false.")
+        if self.train_on_prompt:
+            raise ConfigError(
+                "data.train_on_prompt: DPO compares the responses only, so the prompt is never scored. "
+                "Fix: set data.train_on_prompt: false."
+            )
+
+    def to_conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
+        if format == _REJECTED:
+            return preference_conversation(row, "rejected")
+        return preference_conversation(row, "chosen")
+
+    def _longest_examples(self) -> list[int]:
+        # The statistics describe the chosen side; a batch is as long as its longest side.
+        rejected = [
+            int(token_lengths(part.examples, "rejected_input_ids").max())
+            for part in self._splits.values()
+            if part is not None and len(part.examples)
+        ]
+        return super()._longest_examples() + rejected
+
+    def collator(self) -> PairCollator:
+        return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+
+    def encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
+        chosen = super().encode_row(row, index, format, source, path)
+        rejected = super().encode_row(row, index, _REJECTED, source, path)
+        return {
+            **chosen,
+            "rejected_input_ids": rejected["input_ids"],
+            "rejected_labels": rejected["labels"],
+            # A pair trains only when both sides keep a response token.
+            "num_supervised": min(chosen["num_supervised"], rejected["num_supervised"]),
+            "truncated": chosen["truncated"] or rejected["truncated"],
+        }

@@ -1,0 +1,201 @@
+"""Sequence classification: LoRA on ``AutoModelForSequenceClassification`` with a fully trained head."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MetricCollection
+from torchmetrics.aggregation import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from lit_lora.errors import ConfigError
+from lit_lora.model.loading import base_model_folder, load_base_model
+from lit_lora.model.module import LoRAModule
+
+# Written next to the adapter: the class names in id order.
+LABELS_FILE = "labels.json"
+# What transformers names the classification head of its ...ForSequenceClassification
+# models (``score`` for decoder LMs); PEFT trains these in full under SEQ_CLS.
+HEAD_NAMES = ("score", "classifier")
+
+
+def read_adapter_labels(adapter_path: str | Path) -> list[str] | None:
+    """The class names saved with a classification adapter, or ``None`` when it has none."""
+    path = Path(adapter_path) / LABELS_FILE
+    return json.loads(path.read_text())["labels"] if path.is_file() else None
+
+
+class ClassificationModule(LoRAModule):
+    """Trains a LoRA adapter and a new classification head on a (quantized) decoder LM.
+
+    The base is loaded as ``AutoModelForSequenceClassification``: the model reads the
+    text and its head scores the classes from the last token's hidden state. LoRA
+    adapts the layers (``lora.target_modules``) and the head, new and randomly
+    initialised, trains in full (PEFT's ``SEQ_CLS`` task puts it in
+    ``modules_to_save``; bitsandbytes leaves it unquantized). The classes come from
+    the data module (``data.labels`` or its training file) and are saved with the
+    adapter as ``labels.json``.
+
+    The loss is cross-entropy over the rows of an optimizer step, with the data
+    module's ``class_weights`` when set: summed over rows, then divided by the rows.
+    Validation and test log ``loss``, ``accuracy``, ``f1_macro`` and ``f1/<label>``
+    per class; ``predict`` writes each text's label and class probabilities.
+
+    Use with :class:`lit_lora.data.ClassificationDataModule`. Every ``LoRAModule``
+    setting applies; ``embedding_lr_ratio`` does not touch the head, which trains at
+    the full learning rate.
+    """
+
+    peft_task_type: ClassVar[str] = "SEQ_CLS"
+    count_unit: ClassVar[str] = "examples"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_names: list[str] | None = None
+        self.class_weights: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ building
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.label_names = self._resolve_labels()
+        if self._trainer is not None and hasattr(self.trainer.datamodule, "loss_weights"):
+            self.class_weights = self.trainer.datamodule.loss_weights()
+        super().configure_model()
+        classes = len(self.label_names)
+        metrics = MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(classes, average="micro"),
+                "f1_macro": MulticlassF1Score(classes, average="macro"),
+                "f1": MulticlassF1Score(classes, average="none"),
+            }
+        )
+        device = next(self.model.parameters()).device
+        self.val_metrics = metrics.clone(prefix="val/").to(device)
+        self.test_metrics = metrics.clone(prefix="test/").to(device)
+
+    def _resolve_labels(self) -> list[str]:
+        """The class names: the adapter's when starting from one, else the data module's."""
+        data = self.trainer.datamodule if self._trainer is not None else None
+        from_adapter = read_adapter_labels(self.adapter_path) if self.adapter_path else None
+        from_data = None
+        # Classifying with an adapter needs no training file: its labels.json names the classes.
+        if hasattr(data, "label_names") and (data.labels is not None or data.train_file is not None):
+            from_data = data.label_names()
+        if from_adapter is not None and from_data is not None and from_adapter != from_data:
+            raise ConfigError(
+                f"data.labels: the data's labels {from_data} differ from those the adapter in model.adapter_path "
+                f"'{self.adapter_path}' was trained with, {from_adapter}. Fix: set data.labels: {from_adapter}."
+            )
+        labels = from_adapter or from_data
+        if labels is None:
+            raise ConfigError(
+                "The classifier has no labels: use lit_lora.data.ClassificationDataModule (which reads them from "
+                "data.train_file or data.labels), or start from a classification adapter (model.adapter_path)."
+            )
+        return labels
+
+    def build_base_model(self) -> PreTrainedModel:
+        """The base as ``AutoModelForSequenceClassification``, with one output per label."""
+        folder = base_model_folder(self.model_name_or_path, self.gguf_file, self.random_init, self.seed)
+        device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        names = self.label_names
+        model = load_base_model(
+            folder,
+            self.quantization,
+            device,
+            self.attn_implementation,
+            model_class=AutoModelForSequenceClassification,
+            keep_unquantized=HEAD_NAMES,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: index for index, name in enumerate(names)},
+            # The head reads the last token that is not padding; the model finds it by this id.
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        rank_zero_info(f"lit_lora: classifying into {len(names)} labels: {names}")
+        return model
+
+    # ------------------------------------------------------------------ objective
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, C)`` class scores of a batch (``input_ids`` and ``attention_mask``, ``(B, T)``)."""
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed (class-weighted) cross-entropy of ``(B, C)`` scores against ``(B,)`` class ids."""
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits, labels, weight=weight, reduction="sum")
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy of the batch and its number of rows."""
+        labels = batch["labels"]
+        return self.loss_sum(self.logits(batch), labels), torch.tensor(labels.numel(), device=labels.device)
+
+    def chance_loss(self) -> float:
+        """``ln(classes)``: the loss of guessing every class alike."""
+        return math.log(len(self.label_names))
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_loss, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val", self.val_loss, self.val_metrics)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_loss, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test", self.test_loss, self.test_metrics)
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], loss: MeanMetric, metrics: MetricCollection) -> None:
+        logits, labels = self.logits(batch), batch["labels"]
+        loss.update(self.loss_sum(logits, labels) / labels.numel(), labels.numel())
+        metrics.update(logits, labels)
+
+    def _log_evaluation(self, split: str, loss: MeanMetric, metrics: MetricCollection) -> None:
+        if loss.update_count == 0:
+            return
+        values = {f"{split}/loss": loss.compute()}
+        for name, value in metrics.compute().items():
+            if value.ndim == 0:
+                values[name] = value
+            else:  # per-class F1, one entry per label
+                values.update({f"{name}/{label}": v for label, v in zip(self.label_names, value)})
+        loss.reset()
+        metrics.reset()
+        accuracy = values.pop(f"{split}/accuracy")
+        self.log_dict(values)
+        self.log(f"{split}/accuracy", accuracy, prog_bar=True)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Each text's predicted label and the probability of every label."""
+        data = self.trainer.datamodule
+        texts, references = data.texts("predict"), data.references("predict")
+        probabilities = self.logits(batch).softmax(-1).tolist()
+        rows = []
+        for index, row in zip(batch["index"].tolist(), probabilities):
+            best = max(range(len(row)), key=row.__getitem__)
+            rows.append(
+                {
+                    "text": texts[index],
+                    "prediction": self.label_names[best],
+                    "probabilities": {name: round(p, 6) for name, p in zip(self.label_names, row)},
+                    "reference": references[index],
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_adapter(self, directory: str | Path) -> Path:
+        """The PEFT adapter (LoRA and the head), the tokenizer, and ``labels.json``."""
+        directory = super().save_adapter(directory)
+        (directory / LABELS_FILE).write_text(json.dumps({"labels": self.label_names}, indent=2) + "\n")
+        return directory
