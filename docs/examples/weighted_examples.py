@@ -3,7 +3,7 @@
 import torch.nn.functional as F
 
 from lit_lora import LoRAModule
-from lit_lora.data import SFTDataModule, SFTCollator
+from lit_lora.data import SFTCollator, SFTDataModule
 
 
 class WeightedCollator(SFTCollator):
