@@ -82,17 +82,18 @@ class ClassificationModule(LoRAModule):
         self.test_metrics = metrics.clone(prefix="test/").to(device)
 
     def _resolve_labels(self) -> list[str]:
-        """The class names: the adapter's when starting from one, else the data module's."""
+        """The class names: a loaded checkpoint's or the adapter's when starting from one, else the data module's."""
         data = self.trainer.datamodule if self._trainer is not None else None
-        from_adapter = read_adapter_labels(self.adapter_path) if self.adapter_path else None
+        from_adapter = read_adapter_labels(self.adapter_path) if self.adapter_path else self.label_names
         from_data = None
         # Classifying with an adapter needs no training file: its labels.json names the classes.
         if hasattr(data, "label_names") and (data.labels is not None or data.train_file is not None):
             from_data = data.label_names()
         if from_adapter is not None and from_data is not None and from_adapter != from_data:
+            source = f"model.adapter_path '{self.adapter_path}'" if self.adapter_path else "the checkpoint"
             raise ConfigError(
-                f"data.labels: the data's labels {from_data} differ from those the adapter in model.adapter_path "
-                f"'{self.adapter_path}' was trained with, {from_adapter}. Fix: set data.labels: {from_adapter}."
+                f"data.labels: the data's labels {from_data} differ from those {source} was trained with, "
+                f"{from_adapter}. Fix: set data.labels: {from_adapter}."
             )
         labels = from_adapter or from_data
         if labels is None:
@@ -194,6 +195,22 @@ class ClassificationModule(LoRAModule):
         return rows
 
     # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["label_names"] = self.label_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Take the checkpoint's labels, or refuse it when the data's labels differ."""
+        saved = checkpoint.get("label_names")
+        if self.label_names is None:
+            self.label_names = saved  # load_from_checkpoint: no data module to read them from
+        elif saved is not None and saved != self.label_names:
+            raise ConfigError(
+                f"data.labels: the data's labels {self.label_names} differ from the checkpoint's {saved}. "
+                f"Fix: set data.labels: {saved}."
+            )
+        super().on_load_checkpoint(checkpoint)
+
     def save_adapter(self, directory: str | Path) -> Path:
         """The PEFT adapter (LoRA and the head), the tokenizer, and ``labels.json``."""
         directory = super().save_adapter(directory)

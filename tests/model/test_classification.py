@@ -111,6 +111,9 @@ def test_fit_trains_the_head_saves_labels_and_predicts(tmp_path, monkeypatch):
 
     adapter = root / "adapter"
     assert read_adapter_labels(adapter) == ["negative", "neutral", "positive"]
+    # A checkpoint carries its labels: loading it needs no data module.
+    reloaded = ClassificationModule.load_from_checkpoint(root / "checkpoints" / "last.ckpt")
+    assert reloaded.label_names == ["negative", "neutral", "positive"]
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert adapter_config["task_type"] == "SEQ_CLS"
 
