@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.adapter_dir import is_adapter_dir
-from lit_lora.allocator import release_freed_memory
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.predictions import PredictionWriter
@@ -183,7 +182,6 @@ def main(args: ArgsType = None, run: bool = True) -> Any:
     (as for an unknown option), rather than a traceback.
     """
     argv = sys.argv[1:] if args is None else args
-    release_freed_memory()
     try:
         if isinstance(argv, list) and argv and argv[0] in COMMANDS:
             return run_command(argv[0], argv[1:])

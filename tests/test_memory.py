@@ -61,8 +61,10 @@ def test_every_component_is_exact_for_a_small_shape():
     # 16 tokens x 512 scores, float32 logits plus the loss's 8 bytes.
     assert estimate.logits == 16 * 512 * (4 + 8)
     assert estimate.overhead == 0
+    # On CPU, two passes of the 1M quantized weights dequantized to float32, kept by glibc.
+    assert estimate.retained == 2 * 1_000_000 * 4
     assert estimate.total == sum(
-        [estimate.base_weights, 16_000, 4_000, estimate.activations, estimate.logits]
+        [estimate.base_weights, 16_000, 4_000, estimate.activations, estimate.logits, estimate.retained]
     )
     assert estimate.after_loading == estimate.total - estimate.base_weights - estimate.adapter
 
@@ -71,6 +73,12 @@ def test_unquantized_weights_stay_in_the_compute_dtype():
     bf16 = QuantizationSettings(mode="none", compute_dtype="bfloat16")
     estimate = estimate_memory(SHAPE, 1, 8, bf16, optimizer_bytes=0, gradient_checkpointing=True)
     assert estimate.base_weights == 1_010_000 * 2
+    assert estimate.retained == 0  # nothing is dequantized
+
+
+def test_nothing_is_retained_on_cuda_or_without_training():
+    assert estimate_memory(SHAPE, 1, 8, NF4, 0, True, cuda=True).retained == 0
+    assert estimate_memory(SHAPE, 1, 8, NF4, 0, True, training=False).retained == 0
 
 
 def test_estimate_grows_with_batch_and_length_and_checkpointing_saves_activations():
