@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.data.diagnose import row_location
-from lit_lora.data.files import check_data_path, load_split
+from lit_lora.data.files import check_split_files, load_split
 from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler
 from lit_lora.data.split import holdout_split
@@ -122,18 +122,7 @@ class ClassificationDataModule(LightningDataModule):
         gguf_file: str | None = None,
     ) -> None:
         super().__init__()
-        for field, value in (
-            ("data.train_file", train_file),
-            ("data.val_file", val_file),
-            ("data.test_file", test_file),
-            ("data.predict_file", predict_file),
-        ):
-            if value is not None:
-                check_data_path(value, field)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction: {val_fraction} is outside [0, 1). Fix: use e.g. 0.1, or 0 for none.")
-        if val_file is not None and val_fraction > 0:
-            raise ConfigError("data.val_fraction is set together with data.val_file. Fix: set only one of them.")
+        check_split_files(train_file, val_file, val_fraction, test_file, predict_file)
         if labels is not None and len(set(map(label_name, labels))) != len(labels):
             raise ConfigError(f"data.labels: {labels} names a label twice. Fix: list each label once.")
         if labels is not None and len(labels) < 2:

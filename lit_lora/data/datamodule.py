@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.encode import Example, encode_segments, sequence_prefix
-from lit_lora.data.files import check_data_path, load_split
+from lit_lora.data.files import check_split_files, load_split
 from lit_lora.data.formats import (
     FORMAT_COLUMNS,
     Conversation,
@@ -212,23 +212,7 @@ class SFTDataModule(LightningDataModule):
         gguf_file: str | None = None,
     ) -> None:
         super().__init__()
-        for field, value in (
-            ("data.train_file", train_file),
-            ("data.val_file", val_file),
-            ("data.test_file", test_file),
-            ("data.predict_file", predict_file),
-        ):
-            if value is not None:
-                check_data_path(value, field)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(
-                f"data.val_fraction: {val_fraction} is outside [0, 1). Fix: use e.g. 0.05, or 0 for none."
-            )
-        if val_file is not None and val_fraction > 0:
-            raise ConfigError(
-                f"data.val_fraction: {val_fraction} is set together with data.val_file '{val_file}'. "
-                "Fix: set only one of them."
-            )
+        check_split_files(train_file, val_file, val_fraction, test_file, predict_file)
         check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
         if packing and group_by_length:
             raise ConfigError(

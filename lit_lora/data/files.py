@@ -139,3 +139,29 @@ def _read_file(path: Path, builder: str) -> Dataset:
         keep_default_na=False,
         na_filter=False,
     )
+
+
+def check_split_files(
+    train_file: str | None, val_file: str | None, val_fraction: float, test_file: str | None, predict_file: str | None
+) -> None:
+    """Check a data module's file settings, naming the setting at fault, before any work.
+
+    Raises:
+        ConfigError: A local file is missing, ``val_fraction`` is outside [0, 1), or it
+            is set together with ``val_file``.
+    """
+    for field, value in (
+        ("data.train_file", train_file),
+        ("data.val_file", val_file),
+        ("data.test_file", test_file),
+        ("data.predict_file", predict_file),
+    ):
+        if value is not None:
+            check_data_path(value, field)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: {val_fraction} is outside [0, 1). Fix: use e.g. 0.05, or 0 for none.")
+    if val_file is not None and val_fraction > 0:
+        raise ConfigError(
+            f"data.val_fraction: {val_fraction} is set together with data.val_file '{val_file}'. "
+            "Fix: set only one of them."
+        )
