@@ -65,6 +65,10 @@ class ClassificationModule(LoRAModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        if self._trainer is None and self.label_names is None and self.adapter_path is None:
+            # load_from_checkpoint builds the model before it hands over the checkpoint,
+            # which names the labels: on_load_checkpoint builds it then.
+            return
         self.label_names = self._resolve_labels()
         if self._trainer is not None and hasattr(self.trainer.datamodule, "loss_weights"):
             self.class_weights = self.trainer.datamodule.loss_weights()
