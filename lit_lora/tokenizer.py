@@ -10,6 +10,7 @@ from functools import cache
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from lit_lora.errors import ConfigError
 from lit_lora.source import resolve_model_folder
 
 
@@ -45,6 +46,20 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTraine
         _info_once(_pad_message(tokenizer))
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def load_data_tokenizer(name_or_path: str | None, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+    """:func:`load_tokenizer` for a data module, whose ``data.tokenizer_name_or_path`` the CLI fills in.
+
+    Raises:
+        ConfigError: No tokenizer is set, naming the settings that provide one.
+    """
+    if name_or_path is None:
+        raise ConfigError(
+            "data.tokenizer_name_or_path is not set, so there is no tokenizer to prepare the data with. "
+            "Fix: set model.model_name_or_path (the CLI copies it here), or set data.tokenizer_name_or_path."
+        )
+    return load_tokenizer(name_or_path, gguf_file)
 
 
 def choose_pad_token(tokenizer: PreTrainedTokenizerBase) -> str:

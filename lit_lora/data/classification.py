@@ -19,7 +19,7 @@ from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.errors import ConfigError
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.tokenizer import load_data_tokenizer
 
 Split = Literal["train", "validation", "test", "predict"]
 _STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
@@ -338,9 +338,4 @@ class ClassificationDataModule(LightningDataModule):
     def _load_tokenizer(self) -> None:
         if self.tokenizer is not None:
             return
-        if self.tokenizer_name_or_path is None:
-            raise ConfigError(
-                "data.tokenizer_name_or_path is not set, so there is no tokenizer to prepare the data with. "
-                "Fix: set model.model_name_or_path (the CLI copies it here), or set data.tokenizer_name_or_path."
-            )
-        self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
+        self.tokenizer = load_data_tokenizer(self.tokenizer_name_or_path, self.gguf_file)

@@ -50,7 +50,7 @@ from lit_lora.data.sampler import EpochShuffleSampler, LengthGroupedSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.data.stats import SplitStats, format_stats, split_stats, token_lengths
 from lit_lora.errors import ConfigError
-from lit_lora.tokenizer import load_tokenizer, one_thread_per_process
+from lit_lora.tokenizer import load_data_tokenizer, one_thread_per_process
 
 Split = Literal["train", "validation", "test", "predict"]
 
@@ -570,12 +570,7 @@ class SFTDataModule(LightningDataModule):
     def _load_tokenizer(self) -> None:
         if self.tokenizer is not None:
             return
-        if self.tokenizer_name_or_path is None:
-            raise ConfigError(
-                "data.tokenizer_name_or_path is not set, so there is no tokenizer to prepare the data with. "
-                "Fix: set model.model_name_or_path (the CLI copies it here), or set data.tokenizer_name_or_path."
-            )
-        tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
+        tokenizer = load_data_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
         self._mode = resolve_template(self.template, tokenizer)
         if tokenizer.eos_token is None:
             raise ConfigError(
