@@ -6,9 +6,11 @@ and printed, and a warning names what to change when it will not fit.
 
 ``gradient_checkpointing: auto`` recomputes activations only when memory needs it:
 when the run does not fit without it, or it lets ``batch_size: auto`` take a larger
-micro-batch. Checkpointing costs about one more forward pass per step (SmolLM2-135M
-QLoRA on CPU in bf16: 4.2 s a step with it, 2.2 s without; with
-``lit_lora.model.dropout`` replaying the dropout masks, 2.8 s against 2.7 s).
+micro-batch; of the modes that do, it takes the fastest: off, then ``selective``,
+then full. Full checkpointing costs about one more forward pass per step
+(SmolLM2-135M QLoRA on CPU in bf16: 4.2 s a step with it, 2.2 s without; with
+``lit_lora.model.replay`` replaying the dropout masks, 2.8 s against 2.7 s);
+``selective`` also replays the base layers' products, for more memory.
 
 ``batch_size: auto`` picks the micro-batch from that estimate: the largest power of
 two, at most ``data.effective_batch_size``, whose estimate fits in 90% of the memory
@@ -35,7 +37,6 @@ from lit_lora.memory import (
     MemoryEstimate,
     ModelShape,
     available_memory,
-    checkpointing_enabled,
     estimate_memory,
     materialises_attention,
     optimizer_state_bytes,
@@ -61,39 +62,50 @@ def largest_fitting_batch(need: Callable[[int], int], limit: int, budget: int) -
     return size
 
 
-def plan_batch(
-    need: Callable[[int, bool], int],
-    batch_size: int | str,
-    limit: int,
-    checkpointing: bool | str,
-    budget: int,
-) -> tuple[int, bool]:
-    """Resolve ``batch_size`` and ``gradient_checkpointing`` settings, either of which may be ``auto``.
+def checkpointing_modes(setting: bool | str, selective: bool) -> tuple[bool | str, ...]:
+    """The checkpointing modes ``model.gradient_checkpointing: setting`` lets a run take, fastest first.
 
     Args:
-        need: Bytes a micro-batch of the given size needs, with or without checkpointing.
+        setting: ``true``, ``false``, ``selective`` or ``auto``.
+        selective: Whether the model allows ``selective`` (frozen 4-bit or plain base layers).
+    """
+    if setting != "auto":
+        return (setting,)
+    return (False, "selective", True) if selective else (False, True)
+
+
+def plan_batch(
+    need: Callable[[int, bool | str], int],
+    batch_size: int | str,
+    limit: int,
+    modes: tuple[bool | str, ...],
+    budget: int,
+) -> tuple[int, bool | str]:
+    """Resolve ``batch_size`` and the checkpointing mode, either of which may be ``auto``.
+
+    Args:
+        need: Bytes a micro-batch of the given size needs in the given checkpointing mode.
         batch_size: ``data.batch_size``: a size, or ``auto`` for the largest power of
             two up to ``limit`` that fits (at least 1).
         limit: ``data.effective_batch_size``, the largest micro-batch ``auto`` considers.
-        checkpointing: ``model.gradient_checkpointing``: a bool, or ``auto`` for off
-            unless turning it on makes the run fit or fit a larger micro-batch.
+        modes: The checkpointing modes allowed, fastest first (:func:`checkpointing_modes`).
         budget: Bytes the run may need.
 
     Returns:
-        ``(micro_batch, checkpointing)``.
+        ``(micro_batch, checkpointing mode)``.
     """
     plans = []
-    for enabled in (False, True) if checkpointing == "auto" else (checkpointing_enabled(checkpointing),):
+    for mode in modes:
         size = batch_size
         if batch_size == "auto":
-            size = largest_fitting_batch(lambda candidate, enabled=enabled: need(candidate, enabled), limit, budget)
-        bytes_needed = need(size, enabled)
+            size = largest_fitting_batch(lambda candidate, mode=mode: need(candidate, mode), limit, budget)
+        bytes_needed = need(size, mode)
         fits = bytes_needed <= budget
         # Fitting first, then the larger micro-batch, then (when nothing fits) the smaller
-        # need; a tie keeps the first plan, without checkpointing.
-        plans.append(((fits, size, 0 if fits else -bytes_needed), size, enabled))
-    _, size, enabled = max(plans, key=lambda plan: plan[0])
-    return size, enabled
+        # need; a tie keeps the first plan: the fastest mode.
+        plans.append(((fits, size, 0 if fits else -bytes_needed), size, mode))
+    _, size, mode = max(plans, key=lambda plan: plan[0])
+    return size, mode
 
 
 def memory_verdict(need: int, available: int, needs: str) -> tuple[bool, str]:
@@ -127,7 +139,8 @@ def check_memory(
     quantization: QuantizationSettings,
     gradient_checkpointing: bool | str,
     optimizer_factory: Callable,
-) -> tuple[MemoryEstimate | None, bool]:
+    selective: bool = False,
+) -> tuple[MemoryEstimate | None, bool | str]:
     """Resolve the ``auto`` settings, print the memory estimate, and warn when it will not fit.
 
     Called once the model is loaded and before the optimizer and data loaders are
@@ -141,15 +154,17 @@ def check_memory(
         gradient_checkpointing: The ``model.gradient_checkpointing`` setting.
         optimizer_factory: Builds the optimizer from parameters; it is built once to
             tell its state size, before any step allocates that state.
+        selective: Whether ``auto`` may choose selective checkpointing.
 
     Returns:
         The estimate at the micro-batch used (None when there is no data module), and
-        whether to checkpoint activations (``auto`` is off when nothing is known).
+        the checkpointing mode: ``False``, ``True`` or ``"selective"`` (``auto`` is off
+        when nothing is known).
     """
     data = trainer.datamodule
     training = trainer.state.fn == TrainerFn.FITTING
     if not (hasattr(data, "batch_size") and hasattr(data, "max_length")):
-        return None, gradient_checkpointing is True
+        return None, gradient_checkpointing if gradient_checkpointing != "auto" else False
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer_bytes = optimizer_state_bytes(optimizer_factory(trainable), trainable) if training else 0
     shape = ModelShape.from_model(model)
@@ -163,7 +178,7 @@ def check_memory(
     available = int(trainer.strategy.reduce(free, reduce_op="min"))
     budget = int(SAFETY_FRACTION * available)
 
-    def estimate(batch_size: int, checkpointing: bool) -> MemoryEstimate:
+    def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
         return estimate_memory(
             shape,
             batch_size * sequences,
@@ -177,13 +192,14 @@ def check_memory(
         )
 
     # Evaluation keeps no activations for backward: checkpointing changes nothing.
-    setting = gradient_checkpointing if training else False
+    modes = checkpointing_modes(gradient_checkpointing, selective) if training else (False,)
     micro, checkpointing = plan_batch(
-        lambda size, enabled: estimate(size, enabled).after_loading, data.batch_size, data.effective_batch_size,
-        setting, budget,
+        lambda size, mode: estimate(size, mode).after_loading, data.batch_size, data.effective_batch_size,
+        modes, budget,
     )  # fmt: skip
     if gradient_checkpointing == "auto" and training:
-        rank_zero_info(f"lit_lora: gradient_checkpointing auto: {'on' if checkpointing else 'off'}")
+        chosen = {False: "off", True: "on"}.get(checkpointing, checkpointing)
+        rank_zero_info(f"lit_lora: gradient_checkpointing auto: {chosen}")
     if data.batch_size == "auto":
         data.batch_size = micro
         if data.eval_batch_size == "auto":

@@ -216,6 +216,8 @@ class ModelShape:
         num_layers: Transformer blocks.
         num_heads: Attention heads.
         vocab_size: Size of the output vocabulary.
+        adapted_outputs: Output features of all the layers under LoRA adapters,
+            summed: what selective checkpointing keeps per token.
     """
 
     quantizable_params: int
@@ -226,6 +228,7 @@ class ModelShape:
     num_layers: int
     num_heads: int
     vocab_size: int
+    adapted_outputs: int = 0
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ModelShape:
@@ -239,6 +242,7 @@ class ModelShape:
             model: The model as trained.
         """
         import bitsandbytes as bnb  # imported here: loading it probes CUDA and prints notes
+        from peft.tuners.lora import LoraLayer
 
         quantized_layers = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
         packed = {id(layer.weight) for layer in quantized_layers}
@@ -253,6 +257,7 @@ class ModelShape:
             num_layers=config.num_hidden_layers,
             num_heads=config.num_attention_heads,
             vocab_size=config.vocab_size,
+            adapted_outputs=sum(m.get_base_layer().out_features for m in model.modules() if isinstance(m, LoraLayer)),
         )
 
 
@@ -335,8 +340,9 @@ def activation_bytes(
 
     Without checkpointing every layer keeps all of it. With checkpointing each layer
     keeps only its input (``h`` per token), and one layer at a time is recomputed in
-    full during backward. Without training (validation) one layer's activations
-    live at a time.
+    full during backward; selective checkpointing also keeps the outputs of the
+    adapted base layers (``lit_lora.model.replay``). Without training (validation)
+    one layer's activations live at a time.
 
     Args:
         shape: The model's shape.
@@ -355,6 +361,8 @@ def activation_bytes(
         per_token = per_layer
     elif checkpointing_enabled(gradient_checkpointing):
         per_token = shape.num_layers * shape.hidden_size + per_layer + probabilities
+        if gradient_checkpointing == "selective":
+            per_token += shape.adapted_outputs
     else:
         per_token = shape.num_layers * per_layer + probabilities
     return batch_size * max_length * per_token * dtype_bytes

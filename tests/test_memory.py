@@ -7,6 +7,8 @@ optimizer.
 
 from __future__ import annotations
 
+import dataclasses
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -14,7 +16,7 @@ from tiny import REPO
 from transformers import AutoConfig
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
-from lit_lora.auto_batch import largest_fitting_batch, plan_batch
+from lit_lora.auto_batch import checkpointing_modes, largest_fitting_batch, plan_batch
 from lit_lora.cli import main
 from lit_lora.memory import (
     DEFAULT_OPTIMIZER,
@@ -94,7 +96,15 @@ def test_estimate_grows_with_batch_and_length_and_checkpointing_saves_activation
     assert eager.activations == full + 2 * 64 * (2 + 1) * (4 * 64) * 4
 
 
-@pytest.mark.parametrize("setting, enabled", [(True, True), (False, False), ("auto", True)])
+def test_selective_checkpointing_adds_the_adapted_layers_outputs():
+    shape = dataclasses.replace(SHAPE, adapted_outputs=700)
+    full = estimate_memory(shape, 2, 8, NF4, 0, gradient_checkpointing=True).activations
+    selective = estimate_memory(shape, 2, 8, NF4, 0, gradient_checkpointing="selective").activations
+    # 16 tokens x 700 float32 outputs.
+    assert selective == full + 16 * 700 * 4
+
+
+@pytest.mark.parametrize("setting, enabled", [(True, True), (False, False), ("auto", True), ("selective", True)])
 def test_checkpointing_counts_as_on_unless_false(setting, enabled):
     assert checkpointing_enabled(setting) is enabled
     with_setting = estimate_memory(SHAPE, 2, 64, NF4, 0, gradient_checkpointing=setting).activations
@@ -249,10 +259,27 @@ def test_plan_batch_checkpoints_only_when_memory_needs_it():
     def need(size: int, checkpointing: bool) -> int:
         return 100 + size * (30 if checkpointing else 100)
 
-    assert plan_batch(need, 4, 16, "auto", budget=600) == (4, False)  # fits without
-    assert plan_batch(need, 8, 16, "auto", budget=600) == (8, True)  # only fits with
-    assert plan_batch(need, 8, 16, "auto", budget=100) == (8, True)  # fits neither way: the smaller need
-    assert plan_batch(need, "auto", 16, "auto", budget=500) == (8, True)  # a larger micro-batch with it
-    assert plan_batch(need, "auto", 2, "auto", budget=500) == (2, False)  # the target fits without
-    assert plan_batch(need, "auto", 16, False, budget=500) == (4, False)
-    assert plan_batch(need, 8, 16, True, budget=10_000) == (8, True)
+    auto = checkpointing_modes("auto", selective=False)
+    assert auto == (False, True)
+    assert plan_batch(need, 4, 16, auto, budget=600) == (4, False)  # fits without
+    assert plan_batch(need, 8, 16, auto, budget=600) == (8, True)  # only fits with
+    assert plan_batch(need, 8, 16, auto, budget=100) == (8, True)  # fits neither way: the smaller need
+    assert plan_batch(need, "auto", 16, auto, budget=500) == (8, True)  # a larger micro-batch with it
+    assert plan_batch(need, "auto", 2, auto, budget=500) == (2, False)  # the target fits without
+    assert plan_batch(need, "auto", 16, (False,), budget=500) == (4, False)
+    assert plan_batch(need, 8, 16, (True,), budget=10_000) == (8, True)
+
+
+def test_auto_takes_the_fastest_checkpointing_mode_that_fits():
+    per_row = {False: 100, "selective": 50, True: 30}
+
+    def need(size: int, mode: bool | str) -> int:
+        return 100 + size * per_row[mode]
+
+    auto = checkpointing_modes("auto", selective=True)
+    assert auto == (False, "selective", True)
+    assert plan_batch(need, 4, 16, auto, budget=600) == (4, False)
+    assert plan_batch(need, 8, 16, auto, budget=600) == (8, "selective")
+    assert plan_batch(need, 16, 16, auto, budget=600) == (16, True)
+    assert plan_batch(need, "auto", 16, auto, budget=600) == (16, True)  # the larger micro-batch first
+    assert checkpointing_modes("selective", selective=True) == ("selective",)
