@@ -199,18 +199,20 @@ class LoRAModule(LightningModule):
             )  # fmt: skip
         if self._trainer is not None and str(self.trainer.precision).endswith("-mixed"):
             self.skip_adapter_input_casts()
+        cpu = next(self.model.parameters()).device.type == "cpu"
+        if cpu:
+            # LoRA dropout masks drawn faster, and replayed by checkpointing's recomputation.
+            self._replays = use_replay_dropout(self.model, replay=bool(checkpointing))
         if checkpointing:
             # Non-reentrant checkpointing propagates gradients to the adapters of a
             # frozen base without forcing the input embeddings to require grad.
             base = self.model.get_base_model()
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
-            if next(self.model.parameters()).device.type == "cpu":
-                self._replays = use_replay_dropout(self.model)
-                if checkpointing is True:
-                    # Full checkpointing is the choice for memory: give freed heap pages
-                    # back at some cost in time (lit_lora.model.heap).
-                    trim_before_layers(m for m in base.modules() if isinstance(m, GradientCheckpointingLayer))
+            if cpu and checkpointing is True:
+                # Full checkpointing is the choice for memory: give freed heap pages
+                # back at some cost in time (lit_lora.model.heap).
+                trim_before_layers(m for m in base.modules() if isinstance(m, GradientCheckpointingLayer))
             if checkpointing == "selective":
                 self._replays += use_replay_linears(adapted)
 

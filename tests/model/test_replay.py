@@ -9,9 +9,22 @@ from test_module import batch, build, lora_grads
 
 from lit_lora import LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
-from lit_lora.model.replay import ReplayDropout, ReplayLinear, replayable, use_replay_dropout, use_replay_linears
+from lit_lora.model.replay import ReplayDropout, ReplayLinear, keep_mask, replayable, use_replay_linears
 
 DROPOUT = LoRASettings(r=4, alpha=8, dropout=0.2, init_lora_weights=False)
+
+
+def test_masks_keep_each_element_with_the_probability_asked_in_both_lanes_of_a_draw():
+    torch.manual_seed(0)
+    mask, keep = keep_mask(torch.Size([1000, 1000]), 0.95)
+    assert mask.dtype == torch.bool and mask.shape == (1000, 1000)
+    assert keep == round(0.95 * 2**31) / 2**31
+    # Binomial standard deviation of the mean over 10^6 elements: 2.2e-4.
+    assert mask.float().mean().item() == pytest.approx(0.95, abs=1e-3)
+    lanes = mask.flatten()
+    assert lanes[0::2].float().mean().item() == pytest.approx(0.95, abs=1.5e-3)  # each draw's low 31 bits
+    assert lanes[1::2].float().mean().item() == pytest.approx(0.95, abs=1.5e-3)  # and its high 31 bits
+    assert keep_mask(torch.Size([3]), 0.5)[0].shape == (3,)  # an odd count uses half a draw
 
 
 def test_masks_keep_one_minus_p_scaled_and_are_queued_only_with_gradients():
@@ -28,6 +41,7 @@ def test_masks_keep_one_minus_p_scaled_and_are_queued_only_with_gradients():
     assert len(dropout.replay) == 0
     dropout.eval()
     assert dropout(x) is x
+    assert ReplayDropout(0.25, replay=False).replay is None  # without checkpointing nothing is kept
 
 
 def test_a_recomputation_without_a_value_from_the_forward_is_an_error():
@@ -42,12 +56,13 @@ def test_a_recomputation_without_a_value_from_the_forward_is_an_error():
 def checkpointed_and_stored_grads(tiny_model_dir, quantization, mode):
     """LoRA gradients of one batch with ``gradient_checkpointing: mode`` and without checkpointing.
 
-    Both draw the same dropout masks: the stored run's dropouts are ReplayDropout too,
-    which without recomputation use their masks as drawn.
+    Both draw the same dropout masks: on CPU both runs' dropouts are ReplayDropout.
     """
     checkpointed = build(tiny_model_dir, lora=DROPOUT, quantization=quantization, gradient_checkpointing=mode)
     stored = build(tiny_model_dir, lora=DROPOUT, quantization=quantization, gradient_checkpointing=False)
-    use_replay_dropout(stored.model)
+    dropout = stored.model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"]
+    assert isinstance(dropout, ReplayDropout) and dropout.replay is None
+    assert stored._replays == []
     data = batch(0, 2, 16, [5, 9], checkpointed.model.config.vocab_size)
     grads = []
     for module in (checkpointed, stored):
