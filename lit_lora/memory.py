@@ -67,6 +67,7 @@ from torch.optim import Optimizer
 # The loss's chunk of output-head rows: the logits component is one chunk.
 from lit_lora.model.loss import LOSS_CHUNK_ROWS
 from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
+from lit_lora.model.replay import adapted_base_layers
 
 if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
@@ -242,7 +243,6 @@ class ModelShape:
             model: The model as trained.
         """
         import bitsandbytes as bnb  # imported here: loading it probes CUDA and prints notes
-        from peft.tuners.lora import LoraLayer
 
         quantized_layers = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
         packed = {id(layer.weight) for layer in quantized_layers}
@@ -257,7 +257,7 @@ class ModelShape:
             num_layers=config.num_hidden_layers,
             num_heads=config.num_attention_heads,
             vocab_size=config.vocab_size,
-            adapted_outputs=sum(m.get_base_layer().out_features for m in model.modules() if isinstance(m, LoraLayer)),
+            adapted_outputs=sum(layer.out_features for layer in adapted_base_layers(model)),
         )
 
 

@@ -33,7 +33,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.adapter_dir import check_adapter_dir
-from lit_lora.auto_batch import SAFETY_FRACTION, memory_verdict, plan_batch
+from lit_lora.auto_batch import SAFETY_FRACTION, checkpointing_modes, memory_verdict, plan_batch
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
 from lit_lora.memory import (
@@ -49,6 +49,7 @@ from lit_lora.memory import (
 )
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.quantization import QuantizationSettings
+from lit_lora.model.replay import adapted_base_layers, replayable
 from lit_lora.source import check_model_source
 
 # GGUF models are dequantized into a float32 cache folder, and random_init writes
@@ -229,7 +230,7 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
     cuda = uses_cuda(config.trainer)
     available = available_memory(torch.device("cuda" if cuda else "cpu"))
 
-    def estimate(batch_size: int, checkpointing: bool) -> MemoryEstimate:
+    def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
         return estimate_memory(
             shape,
             batch_size * sequences,
@@ -244,11 +245,12 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.
+    selective = all(replayable(layer) for layer in adapted_base_layers(peft_model))
     batch_size, checkpointing = plan_batch(
-        lambda size, enabled: estimate(size, enabled).total,
+        lambda size, mode: estimate(size, mode).total,
         data.batch_size,
         data.effective_batch_size,
-        model.gradient_checkpointing,
+        checkpointing_modes(model.gradient_checkpointing, selective),
         int(SAFETY_FRACTION * available),
     )
     return PeakEstimate(

@@ -12,7 +12,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
-from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel
@@ -23,7 +22,13 @@ from lit_lora.auto_batch import check_memory
 from lit_lora.errors import ConfigError
 from lit_lora.generation import end_token_ids, generate_texts
 from lit_lora.model.heap import trim_before_layers
-from lit_lora.model.replay import ReplayQueue, replayable, use_replay_dropout, use_replay_linears
+from lit_lora.model.replay import (
+    ReplayQueue,
+    adapted_base_layers,
+    replayable,
+    use_replay_dropout,
+    use_replay_linears,
+)
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import head_loss_sum, token_loss_sum
@@ -75,11 +80,11 @@ class LoRAModule(LightningModule):
         lora: Where the LoRA adapters go and their shape.
         gradient_checkpointing: Recompute activations in the backward pass instead of
             storing them. ``true``: each decoder layer keeps only its input and runs
-            its forward again in the backward pass (SmolLM2-135M QLoRA on CPU: 1.4x
-            the step time). ``selective``: the same, but the frozen base layers keep
-            their outputs from the forward, so the rerun skips their dequantization
-            and matmuls, most of its cost (about 1.05x the step time, for
-            ``sum(out_features)`` values per token and layer, a quarter of what
+            its forward again in the backward pass (SmolLM2-135M QLoRA on CPU: about
+            1.3x the step time). ``selective``: the same, but the frozen base layers
+            keep their outputs from the forward, so the rerun skips their
+            dequantization and matmuls, most of its cost (1.04x the step time, for
+            ``sum(out_features)`` values per token and layer, about a third of what
             ``false`` keeps); 4-bit or unquantized bases. ``false``: keep everything.
             ``auto`` takes the fastest of ``false``, ``selective`` and ``true`` that
             the memory estimate says fits (or fits the larger micro-batch with
@@ -184,7 +189,7 @@ class LoRAModule(LightningModule):
         trainable, total = self.model.get_nb_trainable_parameters()
         rank_zero_info(f"lit_lora: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%)")
         # Selective checkpointing keeps what the frozen layers under the adapters produce.
-        adapted = [layer.get_base_layer() for layer in self.model.modules() if isinstance(layer, LoraLayer)]
+        adapted = adapted_base_layers(self.model)
         selective = all(replayable(layer) for layer in adapted)
         if self.gradient_checkpointing == "selective" and not selective:
             raise ConfigError(

@@ -200,6 +200,13 @@ def _replay_class(layer_class: type[nn.Module]) -> type[nn.Module]:
     return type(f"Replay{layer_class.__name__}", (ReplayLinear, layer_class), {})
 
 
+def adapted_base_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers under ``model``'s LoRA adapters: those selective checkpointing keeps the outputs of."""
+    from peft.tuners.lora import LoraLayer
+
+    return [layer.get_base_layer() for layer in model.modules() if isinstance(layer, LoraLayer)]
+
+
 def use_replay_linears(layers: Iterable[nn.Module]) -> list[ReplayQueue]:
     """Make each of ``layers`` a :class:`ReplayLinear`; each must be :func:`replayable`.
 

@@ -98,6 +98,17 @@ def test_auto_batch_size_is_resolved_as_fit_would(monkeypatch):
     assert predict_peak(args).batch_size == 1
 
 
+def test_auto_checkpointing_is_resolved_as_fit_would(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+    def activations(setting: str) -> int:
+        args = ["--config", "configs/tiny.yaml", "--model.init_args.gradient_checkpointing", setting]
+        return predict_peak(args).memory.activations
+
+    assert activations("auto") == activations("false")  # plenty of memory: no checkpointing
+    assert activations("false") > activations("selective") > activations("true")
+
+
 @pytest.mark.parametrize(
     "override, field",
     [
@@ -184,7 +195,7 @@ def test_benchmark_peak_rss_is_within_25_percent(tmp_path):
     # In float32, as scripts/benchmark.py runs it on CPUs without AMX or AVX512-BF16:
     # there bfloat16 matmuls are emulated, ~100x slower, and one step would take minutes.
     args = ["--config", "configs/benchmark.yaml", "--model.init_args.model_name_or_path", str(tmp_path / "smollm2"),
-            "--trainer.max_steps", "1", "--trainer.precision", "32-true",
+            "--trainer.max_steps", "3", "--trainer.precision", "32-true",
             "--model.init_args.quantization.compute_dtype", "float32"]  # fmt: skip
     predicted = predict_peak(args).total_bytes
     measured = measured_peak_rss(args, tmp_path / "run")
