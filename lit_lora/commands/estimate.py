@@ -33,7 +33,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.adapter_dir import check_adapter_dir
-from lit_lora.auto_batch import SAFETY_FRACTION, checkpointing_modes, memory_verdict, plan_batch
+from lit_lora.auto_batch import (
+    SAFETY_FRACTION,
+    checkpointing_modes,
+    memory_verdict,
+    plan_batch,
+)
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
 from lit_lora.memory import (

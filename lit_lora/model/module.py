@@ -22,6 +22,10 @@ from lit_lora.auto_batch import check_memory
 from lit_lora.errors import ConfigError
 from lit_lora.generation import end_token_ids, generate_texts
 from lit_lora.model.heap import trim_before_layers
+from lit_lora.model.loading import base_model_folder, load_base_model
+from lit_lora.model.lora import LoRASettings
+from lit_lora.model.loss import head_loss_sum, token_loss_sum
+from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import (
     ReplayQueue,
     adapted_base_layers,
@@ -29,10 +33,6 @@ from lit_lora.model.replay import (
     use_replay_dropout,
     use_replay_linears,
 )
-from lit_lora.model.loading import base_model_folder, load_base_model
-from lit_lora.model.lora import LoRASettings
-from lit_lora.model.loss import head_loss_sum, token_loss_sum
-from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.optim import (
     LRSchedule,
     default_optimizer,

@@ -9,7 +9,13 @@ from test_module import batch, build, lora_grads
 
 from lit_lora import LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
-from lit_lora.model.replay import ReplayDropout, ReplayLinear, keep_mask, replayable, use_replay_linears
+from lit_lora.model.replay import (
+    ReplayDropout,
+    ReplayLinear,
+    keep_mask,
+    replayable,
+    use_replay_linears,
+)
 
 DROPOUT = LoRASettings(r=4, alpha=8, dropout=0.2, init_lora_weights=False)
 
