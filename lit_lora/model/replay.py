@@ -15,9 +15,9 @@ and rebuild nothing that could not have been kept cheaply:
 - The frozen base's matmuls (``gradient_checkpointing: selective``). Dequantizing a
   4-bit weight and multiplying by it is most of a layer's forward, yet its product
   only flows on: the backward through a frozen ``y = x W^T`` needs ``W``, not ``x``
-  or ``y``. :class:`ReplayLinear` keeps each product and returns it to the rerun,
-  attached to an autograd node whose backward multiplies by the weight exactly as
-  the layer's own does. The rerun is left with the adapters, norms, attention and
+  or ``y``, and the rerun only rebuilds the tensors other ops saved (the forward's
+  own graph takes the gradient). :class:`ReplayLinear` keeps each product and hands
+  it back to the rerun, which is left with the adapters, norms, attention and
   elementwise ops. The price is the products: ``sum(out_features)`` values per token
   per layer, 5,184 for SmolLM2-135M (453 MiB in float32 at 8 x 91 tokens), against
   about 18,000 that a layer keeps without checkpointing.
@@ -134,38 +134,28 @@ class ReplayDropout(nn.Module):
 
 
 class _KeptProduct(torch.autograd.Function):
-    """``y = x W^T`` of a frozen layer, with ``y`` given: only the gradient to ``x`` is computed.
+    """Hands a kept product ``y = x W^T`` to checkpointing's recomputation as if the layer had computed it.
 
-    It saves for backward what the layer's own forward saves, no more and no less, as
-    checkpointing matches the tensors a recomputation saves to the forward's one by
-    one: a plain layer's transposed weight (as cast by autocast), nothing for a 4-bit layer,
-    which bitsandbytes keeps outside autograd's saved tensors and dequantizes again.
+    Non-reentrant checkpointing (the kind lit_lora uses; a reentrant one runs the
+    forward without gradients, so nothing would be kept) reruns a layer only to
+    rebuild the tensors the forward's graph saved, matched one by one, and then drops
+    the rerun's graph: this node never runs backward. It must save what the layer's
+    own forward saves, no more and no less: a plain layer's transposed weight (as cast
+    by autocast), nothing for a 4-bit layer, whose packed weight bitsandbytes keeps
+    outside autograd's saved tensors.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, product: torch.Tensor, layer: ReplayLinear) -> torch.Tensor:
-        ctx.layer = layer
-        ctx.input_dtype = x.dtype
-        weight = layer.weight
+    def forward(ctx: Any, x: torch.Tensor, product: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if getattr(weight, "quant_state", None) is None:
             device = weight.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-            # As linear saves it: transposed, ``(in_features, out_features)``.
             ctx.save_for_backward(weight.to(dtype).t())
         return product
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        if ctx.saved_tensors:
-            weight = ctx.saved_tensors[0].t()
-        else:
-            import bitsandbytes.functional as bnb_functional
-
-            # bitsandbytes multiplies in its compute dtype, to which it cast the input.
-            layer = ctx.layer
-            dtype = layer.compute_dtype or grad.dtype
-            weight = bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
-        return (grad.to(weight.dtype) @ weight).to(ctx.input_dtype), None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> None:
+        raise RuntimeError("ReplayLinear: a recomputed graph ran backward; use non-reentrant checkpointing.")
 
 
 class ReplayLinear:
@@ -181,7 +171,7 @@ class ReplayLinear:
         if not (self.training and torch.is_grad_enabled()):
             return super().forward(x)
         if in_backward():
-            return _KeptProduct.apply(x, self.replay.take(), self)
+            return _KeptProduct.apply(x, self.replay.take(), self.weight)
         product = super().forward(x)
         self.replay.keep(product.detach())
         return product

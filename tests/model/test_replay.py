@@ -105,7 +105,7 @@ def test_selective_checkpointing_gets_the_gradients_of_no_checkpointing(tiny_mod
     assert all(len(queue) == 0 for queue in module._replays)  # every kept output was taken
 
 
-def test_a_replayed_4bit_layer_multiplies_the_gradient_like_bitsandbytes():
+def test_a_replayed_4bit_layer_gets_the_gradient_of_bitsandbytes():
     torch.manual_seed(0)
     layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
     layer.load_state_dict({"weight": torch.randn(32, 64)})
@@ -123,8 +123,11 @@ def test_a_replayed_4bit_layer_multiplies_the_gradient_like_bitsandbytes():
     output = torch.utils.checkpoint.checkpoint(forward, x, use_reentrant=False)
     assert len(layer.replay) == 1
     output.backward(grad)
-    assert torch.equal(x.grad, expected)  # same dtype path: bf16 gradient times bf16 weight
+    assert torch.equal(x.grad, expected)  # the forward's own graph took it
     assert len(layer.replay) == 0
+    # Reentrant checkpointing runs the forward without gradients: nothing is kept to replay.
+    with pytest.raises(RuntimeError, match="recomputed without a value"):
+        torch.utils.checkpoint.checkpoint(forward, x, use_reentrant=True).backward(grad)
 
 
 def test_only_frozen_4bit_or_plain_linear_layers_are_replayable():
