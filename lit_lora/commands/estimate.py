@@ -54,7 +54,7 @@ from lit_lora.memory import (
 )
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.model.replay import adapted_base_layers, replayable
+from lit_lora.model.replay import allows_selective
 from lit_lora.source import check_model_source
 
 # GGUF models are dequantized into a float32 cache folder, and random_init writes
@@ -250,12 +250,11 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.
-    selective = all(replayable(layer) for layer in adapted_base_layers(peft_model))
     batch_size, checkpointing = plan_batch(
         lambda size, mode: estimate(size, mode).total,
         data.batch_size,
         data.effective_batch_size,
-        checkpointing_modes(model.gradient_checkpointing, selective),
+        checkpointing_modes(model.gradient_checkpointing, allows_selective(peft_model)),
         int(SAFETY_FRACTION * available),
     )
     return PeakEstimate(

@@ -29,7 +29,7 @@ from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import (
     ReplayQueue,
     adapted_base_layers,
-    replayable,
+    allows_selective,
     use_replay_dropout,
     use_replay_linears,
 )
@@ -189,8 +189,7 @@ class LoRAModule(LightningModule):
         trainable, total = self.model.get_nb_trainable_parameters()
         rank_zero_info(f"lit_lora: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%)")
         # Selective checkpointing keeps what the frozen layers under the adapters produce.
-        adapted = adapted_base_layers(self.model)
-        selective = all(replayable(layer) for layer in adapted)
+        selective = allows_selective(self.model)
         if self.gradient_checkpointing == "selective" and not selective:
             raise ConfigError(
                 "model.gradient_checkpointing: selective needs every adapted base layer frozen (lora.bias: none) "
@@ -219,7 +218,7 @@ class LoRAModule(LightningModule):
                 # back at some cost in time (lit_lora.model.heap).
                 trim_before_layers(m for m in base.modules() if isinstance(m, GradientCheckpointingLayer))
             if checkpointing == "selective":
-                self._replays += use_replay_linears(adapted)
+                self._replays += use_replay_linears(adapted_base_layers(self.model))
 
     def skip_adapter_input_casts(self) -> None:
         """Let adapter inputs keep their autocast dtype instead of PEFT's cast to float32.

@@ -197,6 +197,11 @@ def adapted_base_layers(model: nn.Module) -> list[nn.Module]:
     return [layer.get_base_layer() for layer in model.modules() if isinstance(layer, LoraLayer)]
 
 
+def allows_selective(model: nn.Module) -> bool:
+    """Whether selective checkpointing can keep the outputs of every layer under ``model``'s adapters."""
+    return all(replayable(layer) for layer in adapted_base_layers(model))
+
+
 def use_replay_linears(layers: Iterable[nn.Module]) -> list[ReplayQueue]:
     """Make each of ``layers`` a :class:`ReplayLinear`; each must be :func:`replayable`.
 
