@@ -33,6 +33,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_lora.heap import heap_tuned
 from lit_lora.memory import (
     MemoryEstimate,
     ModelShape,
@@ -189,6 +190,7 @@ def check_memory(
             eager_attention=materialises_attention(model.config._attn_implementation, device.type == "cuda"),
             cuda=device.type == "cuda",
             training=training,
+            tuned_heap=heap_tuned(),
         )
 
     # Evaluation keeps no activations for backward: checkpointing changes nothing.

@@ -23,8 +23,9 @@ shape from the config alone: :meth:`ModelShape.from_config`):
   and what training adds;
 - overhead: the CUDA context on a GPU, or on CPU the Python process itself
   (``CPU_PROCESS_BYTES``), which no tensor accounts for;
-- retained: on CPU, the dequantized weights glibc keeps after freeing them, see
-  :func:`retained_bytes`.
+- retained: on CPU, the dequantized weights glibc keeps after freeing them when it
+  runs with its default caches, see :func:`retained_bytes` (none with the settings
+  ``python -m lit_lora`` starts with, :mod:`lit_lora.heap`).
 
 Where the constants come from, measured on CPU (torch 2.13, transformers 5.23,
 bitsandbytes 0.50, lightning 2.6, Python 3.11, 2 cores) as peak RSS: ``ru_maxrss`` of
@@ -469,6 +470,7 @@ def estimate_memory(
     training: bool = True,
     loading: int = 0,
     process: bool = False,
+    tuned_heap: bool = False,
 ) -> MemoryEstimate:
     """Estimate the memory of a run, per component (see the module docstring).
 
@@ -489,6 +491,8 @@ def estimate_memory(
             once it is loaded.
         process: Count the Python process itself on CPU (``CPU_PROCESS_BYTES``): the
             whole process's peak rather than what is left to allocate in it.
+        tuned_heap: Whether the process runs glibc with :data:`lit_lora.heap.HEAP_TUNABLES`,
+            whose freed blocks merge again: nothing is counted as retained then.
     """
     dtype_bytes = resolve_dtype(quantization.compute_dtype).itemsize
     # prepare_model_for_kbit_training keeps a quantized model's other weights (norms,
@@ -512,7 +516,7 @@ def estimate_memory(
         logits=logits_bytes(shape, batch_size, max_length, dtype_bytes),
         overhead=overhead,
         loading=0 if cuda else loading,
-        retained=0 if cuda or not training else retained_bytes(shape, quantization),
+        retained=0 if cuda or not training or tuned_heap else retained_bytes(shape, quantization),
     )
 
 

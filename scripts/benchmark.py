@@ -650,9 +650,14 @@ def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, An
     command += ["--device", args.device, "--model_folder", folder]
     if args.max_steps is not None:
         command += ["--max_steps", str(args.max_steps)]
+    # lit_lora's process starts with the glibc heap settings `python -m lit_lora` sets
+    # for itself; the peer's with the environment as it is.
+    from lit_lora.heap import tuned_environ
+
+    environ = tuned_environ(os.environ) if stack == "lit_lora" else None
     print(f"=== {stack}: {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=environ)
     results = None
     for line in process.stdout:
         if line.startswith(RESULT_PREFIX):

@@ -41,6 +41,7 @@ from lit_lora.auto_batch import (
 )
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
+from lit_lora.heap import launched_tuned
 from lit_lora.memory import (
     MemoryEstimate,
     ModelShape,
@@ -247,6 +248,8 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
             cuda=cuda,
             loading=loading,
             process=True,
+            # The fit this predicts is started by `python -m lit_lora` from this environment.
+            tuned_heap=launched_tuned(),
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.

@@ -21,7 +21,7 @@ from lit_lora.adapter_dir import check_adapter_dir
 from lit_lora.auto_batch import check_memory
 from lit_lora.errors import ConfigError
 from lit_lora.generation import end_token_ids, generate_texts
-from lit_lora.model.heap import trim_before_layers
+from lit_lora.heap import trim_before_layers
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import head_loss_sum, token_loss_sum
@@ -89,7 +89,7 @@ class LoRAModule(LightningModule):
             ``auto`` takes the fastest of ``false``, ``selective`` and ``true`` that
             the memory estimate says fits (or fits the larger micro-batch with
             ``data.batch_size: auto``). On CPU, ``true`` also hands freed heap pages
-            back to the system before each layer (``lit_lora.model.heap``).
+            back to the system before each layer (``lit_lora.heap``).
         optimizer: Optimizer factory, chosen in YAML with ``class_path`` (e.g.
             ``bitsandbytes.optim.PagedAdamW8bit``, ``bitsandbytes.optim.AdamW8bit``,
             ``torch.optim.AdamW``) and ``init_args`` (lr, weight_decay, betas...). It
@@ -215,7 +215,7 @@ class LoRAModule(LightningModule):
             base.config.use_cache = False
             if cpu and checkpointing is True:
                 # Full checkpointing is the choice for memory: give freed heap pages
-                # back at some cost in time (lit_lora.model.heap).
+                # back at some cost in time (lit_lora.heap).
                 trim_before_layers(m for m in base.modules() if isinstance(m, GradientCheckpointingLayer))
             if checkpointing == "selective":
                 self._replays += use_replay_linears(adapted_base_layers(self.model))
