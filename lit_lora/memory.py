@@ -521,7 +521,7 @@ def estimate_memory(
 
 
 def retained_bytes(shape: ModelShape, quantization: QuantizationSettings) -> int:
-    """Freed memory glibc keeps in a CPU training process of a quantized base.
+    """Freed memory glibc keeps in a CPU training process of a quantized base, with its default caches.
 
     Every forward and every backward dequantizes each 4-bit or 8-bit layer to the
     compute dtype, a few MB at a time, freed at once. glibc serves such blocks from
@@ -530,7 +530,9 @@ def retained_bytes(shape: ModelShape, quantization: QuantizationSettings) -> int
     QLoRA (106M quantized weights, batch 8 x 91 tokens, 2-core CPU): peak RSS minus the
     live tensors was 950-1,040 MiB in float32, with and without checkpointing, about
     two passes' worth of dequantized weights (850 MiB); fixing the mmap threshold
-    instead returned it to the system at 2.2x the step time.
+    instead returned it to the system at 2.2x the step time. With
+    :data:`lit_lora.heap.HEAP_TUNABLES` (``python -m lit_lora``) the freed blocks merge
+    and are reused, and the estimate counts none of this.
 
     Args:
         shape: The model's shape.

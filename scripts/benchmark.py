@@ -518,6 +518,8 @@ def peer_model(config: dict[str, Any], folder: str, device: torch.device) -> Any
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from lit_lora.memory import checkpointing_enabled
+
     model = init_args(config, "model")
     quantization, lora = model["quantization"], model["lora"]
     if quantization["mode"] not in ("nf4", "fp4"):
@@ -534,8 +536,10 @@ def peer_model(config: dict[str, Any], folder: str, device: torch.device) -> Any
     base = AutoModelForCausalLM.from_pretrained(
         folder, quantization_config=bnb_config, dtype=dtype, device_map={"": device}
     )
+    # On for every lit_lora setting but false: the peer has no selective or auto mode.
     base = prepare_model_for_kbit_training(
-        base, use_gradient_checkpointing=model["gradient_checkpointing"]
+        base,
+        use_gradient_checkpointing=checkpointing_enabled(model["gradient_checkpointing"]),
     )
     lora_config = LoraConfig(
         r=lora["r"],
@@ -650,8 +654,8 @@ def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, An
     command += ["--device", args.device, "--model_folder", folder]
     if args.max_steps is not None:
         command += ["--max_steps", str(args.max_steps)]
-    # lit_lora's process starts with the glibc heap settings `python -m lit_lora` sets
-    # for itself; the peer's with the environment as it is.
+    # lit_lora's process starts with the glibc heap settings lit_lora.heap recommends;
+    # the peer's with the environment as it is.
     from lit_lora.heap import tuned_environ
 
     environ = tuned_environ(os.environ) if stack == "lit_lora" else None
@@ -747,7 +751,8 @@ def predicted_peak(config_path: str, max_steps: int | None) -> int | None:
     args = ["--config", config_path] + (
         [] if max_steps is None else ["--trainer.max_steps", str(max_steps)]
     )
-    return int(predict_peak(args).total_bytes)
+    # lit_lora's run starts with the heap settings (run_child).
+    return int(predict_peak(args, tuned_heap=True).total_bytes)
 
 
 def derive(results: dict[str, Any], flops_per_token: float, peak_flops: float) -> None:

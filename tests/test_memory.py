@@ -78,9 +78,10 @@ def test_unquantized_weights_stay_in_the_compute_dtype():
     assert estimate.retained == 0  # nothing is dequantized
 
 
-def test_nothing_is_retained_on_cuda_or_without_training():
+def test_nothing_is_retained_on_cuda_without_training_or_with_the_heap_settings():
     assert estimate_memory(SHAPE, 1, 8, NF4, 0, True, cuda=True).retained == 0
     assert estimate_memory(SHAPE, 1, 8, NF4, 0, True, training=False).retained == 0
+    assert estimate_memory(SHAPE, 1, 8, NF4, 0, True, tuned_heap=True).retained == 0
 
 
 def test_estimate_grows_with_batch_and_length_and_checkpointing_saves_activations():

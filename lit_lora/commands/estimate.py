@@ -41,7 +41,7 @@ from lit_lora.auto_batch import (
 )
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
-from lit_lora.heap import launched_tuned
+from lit_lora.heap import heap_tuned
 from lit_lora.memory import (
     MemoryEstimate,
     ModelShape,
@@ -206,11 +206,13 @@ def uses_cuda(trainer: Namespace) -> bool:
     return accelerator in ("gpu", "cuda")
 
 
-def predict_peak(args: Sequence[str]) -> PeakEstimate:
+def predict_peak(args: Sequence[str], tuned_heap: bool | None = None) -> PeakEstimate:
     """Predict the peak memory of ``fit`` with the command line ``args``, without loading the model.
 
     Args:
         args: A ``fit`` command line (``--config`` and overrides), without ``fit``.
+        tuned_heap: Whether that ``fit`` runs glibc with :data:`lit_lora.heap.HEAP_TUNABLES`;
+            by default, whether this process does (it is started from the same environment).
 
     Raises:
         ConfigError: A setting is wrong (a missing model folder or GGUF file...).
@@ -248,8 +250,7 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
             cuda=cuda,
             loading=loading,
             process=True,
-            # The fit this predicts is started by `python -m lit_lora` from this environment.
-            tuned_heap=launched_tuned(),
+            tuned_heap=heap_tuned() if tuned_heap is None else tuned_heap,
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.

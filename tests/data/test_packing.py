@@ -143,10 +143,15 @@ def test_length_grouped_batches_hold_similar_lengths():
     sampler = LengthGroupedSampler(LENGTHS, batch_size, seed=3, mega_batches=5)
     first = list(sampler)
     assert sorted(first) == list(range(len(LENGTHS))) and len(sampler) == len(LENGTHS)
-    group = 5 * batch_size
-    for start in range(0, len(first), group):
-        lengths = [LENGTHS[i] for i in first[start : start + group]]
+    batches = [[LENGTHS[i] for i in first[s : s + batch_size]] for s in range(0, len(first), batch_size)]
+    for lengths in batches:
         assert lengths == sorted(lengths, reverse=True)
+    # One mega-batch for the whole epoch: the longest batch first, the rest shuffled
+    # rather than longest to shortest (no length curriculum).
+    whole = list(LengthGroupedSampler(LENGTHS, batch_size, seed=3, mega_batches=len(LENGTHS) // batch_size))
+    longest = [max(LENGTHS[i] for i in whole[s : s + batch_size]) for s in range(0, len(whole), batch_size)]
+    assert longest[0] == max(LENGTHS)
+    assert longest[1:] != sorted(longest[1:], reverse=True)
 
     def padding(order: list[int]) -> int:
         batches = [[LENGTHS[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
