@@ -68,7 +68,7 @@ from torch.optim import Optimizer
 # The loss's chunk of output-head rows: the logits component is one chunk.
 from lit_lora.model.loss import LOSS_CHUNK_ROWS
 from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
-from lit_lora.model.replay import adapted_base_layers
+from lit_lora.model.replay import adapted_base_layers, masked_inputs
 
 if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
@@ -220,6 +220,8 @@ class ModelShape:
         vocab_size: Size of the output vocabulary.
         adapted_outputs: Output features of all the layers under LoRA adapters,
             summed: what selective checkpointing keeps per token.
+        masked_inputs: Input features of the adapted layers with LoRA dropout, summed:
+            the mask elements checkpointing on CPU keeps per token for its replay.
     """
 
     quantizable_params: int
@@ -231,6 +233,7 @@ class ModelShape:
     num_heads: int
     vocab_size: int
     adapted_outputs: int = 0
+    masked_inputs: int = 0
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ModelShape:
@@ -259,6 +262,7 @@ class ModelShape:
             num_heads=config.num_attention_heads,
             vocab_size=config.vocab_size,
             adapted_outputs=sum(layer.out_features for layer in adapted_base_layers(model)),
+            masked_inputs=masked_inputs(model),
         )
 
 
@@ -328,7 +332,7 @@ def materialises_attention(attn_implementation: str | None, cuda: bool) -> bool:
 
 def activation_bytes(
     shape: ModelShape, batch_size: int, max_length: int, dtype_bytes: int, gradient_checkpointing: bool | str,
-    eager_attention: bool, training: bool = True,
+    eager_attention: bool, training: bool = True, replayed_masks: bool = False,
 ) -> int:
     """Bytes of layer activations kept for the backward pass (logits excluded).
 
@@ -354,6 +358,10 @@ def activation_bytes(
             :func:`checkpointing_enabled`).
         eager_attention: Whether attention probabilities are materialised.
         training: Whether a backward pass follows.
+        replayed_masks: Whether checkpointing keeps the LoRA dropout masks for its
+            recomputation (``lit_lora.model.replay``, on CPU): one byte per element,
+            ``shape.masked_inputs`` per token (on the benchmark 150 kB a token, twice
+            what full checkpointing keeps of the layers' inputs).
     """
     per_layer = _HIDDEN_ACTIVATIONS * shape.hidden_size + _INTERMEDIATE_ACTIVATIONS * shape.intermediate_size
     probabilities = shape.num_heads * max_length if eager_attention else 0
@@ -366,7 +374,8 @@ def activation_bytes(
             per_token += shape.adapted_outputs
     else:
         per_token = shape.num_layers * per_layer + probabilities
-    return batch_size * max_length * per_token * dtype_bytes
+    masks = shape.masked_inputs if replayed_masks and training and checkpointing_enabled(gradient_checkpointing) else 0
+    return batch_size * max_length * (per_token * dtype_bytes + masks)
 
 
 def logits_bytes(shape: ModelShape, batch_size: int, max_length: int, dtype_bytes: int) -> int:
@@ -511,7 +520,8 @@ def estimate_memory(
         gradients=shape.trainable_params * 4 if training else 0,
         optimizer=optimizer_bytes if training else 0,
         activations=activation_bytes(
-            shape, batch_size, max_length, other_bytes, gradient_checkpointing, eager_attention, training
+            shape, batch_size, max_length, other_bytes, gradient_checkpointing, eager_attention, training,
+            replayed_masks=not cuda,
         ),
         logits=logits_bytes(shape, batch_size, max_length, dtype_bytes),
         overhead=overhead,

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-"${PYTHON:-python3}" -m pytest -q "$@"
+# The slowest tests are listed at the end: the suite has to stay under 10 minutes.
+"${PYTHON:-python3}" -m pytest -q --durations=15 "$@"

@@ -209,6 +209,22 @@ def test_shape_from_the_config_alone_equals_the_loaded_models(tiny_loaded, tiny_
     config = AutoConfig.from_pretrained(tiny_model_dir)
     from_config = ModelShape.from_config(config, tiny_loaded.quantization, tiny_loaded.lora.to_peft_config())
     assert from_config == ModelShape.from_model(tiny_loaded.model)
+    # Dropout 0.05 before every adapter: 2 layers x (6 projections of the 64-wide stream +
+    # the 128-wide down_proj), or q_proj and v_proj alone.
+    targets = tiny_loaded.lora.target_modules
+    assert from_config.masked_inputs == (2 * (6 * 64 + 128) if targets == "all-linear" else 2 * 2 * 64)
+
+
+def test_checkpointing_on_cpu_keeps_a_byte_per_masked_input():
+    masked = dataclasses.replace(SHAPE, masked_inputs=300)
+    for setting in (True, "selective"):
+        plain = estimate_memory(SHAPE, 2, 8, NF4, 0, gradient_checkpointing=setting).activations
+        # 16 tokens x 300 one-byte mask elements.
+        assert estimate_memory(masked, 2, 8, NF4, 0, gradient_checkpointing=setting).activations == plain + 16 * 300
+    # Without checkpointing autograd keeps them (the per-layer count); on CUDA they are drawn again.
+    assert estimate_memory(masked, 2, 8, NF4, 0, False).activations == estimate_memory(SHAPE, 2, 8, NF4, 0, False).activations
+    on_cuda = estimate_memory(SHAPE, 2, 8, NF4, 0, True, cuda=True).activations
+    assert estimate_memory(masked, 2, 8, NF4, 0, True, cuda=True).activations == on_cuda
 
 
 # A tensor's optimizer state, as allocated once stepped: every tensor in its state but

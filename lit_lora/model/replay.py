@@ -197,6 +197,20 @@ def adapted_base_layers(model: nn.Module) -> list[nn.Module]:
     return [layer.get_base_layer() for layer in model.modules() if isinstance(layer, LoraLayer)]
 
 
+def masked_inputs(model: nn.Module) -> int:
+    """Input features of the layers whose LoRA dropout draws a mask, summed: mask elements per token.
+
+    Checkpointing on CPU keeps each mask (one byte an element) until its replay.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    return sum(
+        layer.get_base_layer().in_features
+        for layer in model.modules()
+        if isinstance(layer, LoraLayer) and any(getattr(d, "p", 0.0) > 0 for d in layer.lora_dropout.values())
+    )
+
+
 def allows_selective(model: nn.Module) -> bool:
     """Whether selective checkpointing can keep the outputs of every layer under ``model``'s adapters."""
     return all(replayable(layer) for layer in adapted_base_layers(model))
