@@ -164,7 +164,7 @@ class SFTDataModule(LightningDataModule):
             attention to its first part), and its first token is not a target, as its
             predictor is in the other sequence: one supervised token lost per cut.
         group_by_length: Batch training examples of similar length together (within
-            groups of 50 batches of the shuffled order) to cut padding: the lighter
+            groups of 4 batches of the shuffled order) to cut padding: the lighter
             alternative to ``packing``, which it cannot be combined with.
         fields: Column renames for ``train_file``, ``val_file``, ``test_file`` and
             ``predict_file``, from the name the format expects to the name in the

@@ -48,10 +48,15 @@ class LengthGroupedSampler(EpochShuffleSampler):
     examples, each sorted longest first and cut into batches, so a batch holds
     examples of similar length and little padding. The full batches then run in a
     shuffled order, the one holding the longest example first (a batch too large
-    for memory fails at the first step), and a short last batch last. Left in sorted order, an epoch of up to ``mega_batches`` batches
-    would run from its longest examples to its shortest, a length curriculum that
-    ends where the learning rate is smallest: on the benchmark (400 examples, one
-    mega-batch) that order gave a validation loss of 0.0204 against 0.0189 unsorted.
+    for memory fails at the first step), and a short last batch last.
+
+    Measured on the benchmark (400 examples, batch 8, one epoch; supervised tokens/s
+    and validation loss, one run each): mega-batches of 50 batches in sorted order, a
+    curriculum from the longest examples to the shortest, val 0.0204; 50 batches in
+    shuffled order 36.7 tok/s, val 0.0194-0.0196 over three seeds; 8 batches 36.5,
+    0.0191; 4 batches 37.9, 0.0172; no grouping 34.8, 0.0189. Smaller groups keep the
+    speed and mix more lengths across the epoch's batches; the validation losses
+    differ by about as much as data orders do.
 
     Args:
         lengths: Token count of every example.
@@ -60,7 +65,7 @@ class LengthGroupedSampler(EpochShuffleSampler):
         mega_batches: Batches per mega-batch: larger groups lengths more tightly.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 50) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 4) -> None:
         super().__init__(len(lengths), seed)
         self.lengths = list(lengths)
         self.batch_size = batch_size
