@@ -187,7 +187,7 @@ def check_memory(
             quantization,
             optimizer_bytes,
             checkpointing,
-            eager_attention=materialises_attention(model.config._attn_implementation, device.type == "cuda"),
+            eager_attention=materialises_attention(model.config._attn_implementation),
             cuda=device.type == "cuda",
             training=training,
             tuned_heap=heap_tuned(),

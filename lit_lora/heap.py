@@ -16,11 +16,14 @@ the peak RSS is 1.96 GB and the step is no slower (5.69 -> 5.53 s); either cache
 alone left 2.43 GB (tcache) or 3.25 GB (fastbins). Without checkpointing: 3.83 ->
 2.73 GB, a step 4.92 s with them.
 
-glibc reads its tunables once, when a process starts, so they are set where the
-process is launched: ``GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0
-python -m lit_lora fit ...`` (``scripts/benchmark.py`` starts lit_lora's run so,
-:func:`tuned_environ`). The memory estimate counts glibc's retained blocks unless the
-process runs with them (:func:`heap_tuned`).
+glibc reads its tunables once, when a process starts, so ``python -m lit_lora`` (and
+the ``lit-lora`` command) re-executes itself with them before importing torch
+(:func:`relaunch_with_tuned_heap`). Keys you set in ``GLIBC_TUNABLES`` keep your
+values (``glibc.malloc.tcache_count=7`` restores glibc's default). A program that
+imports lit_lora runs with what its own process started with: launch it with
+``GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0`` for the same
+heap. The memory estimate counts glibc's retained blocks when a process runs without
+them (:func:`heap_tuned`).
 
 ``malloc_trim(0)`` gives the free pages inside the heap back to the system. Full
 gradient checkpointing, the choice for memory, trims before each decoder layer
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -87,6 +91,30 @@ def heap_tuned(environ: Mapping[str, str] = os.environ) -> bool:
     """
     present = _parse(environ.get(TUNABLES_VARIABLE, ""))
     return uses_glibc() and all(present.get(key) == value for key, value in HEAP_TUNABLES.items())
+
+
+def launched_tuned() -> bool:
+    """Whether ``python -m lit_lora`` started from this process's environment runs with :data:`HEAP_TUNABLES`.
+
+    True on glibc unless the environment sets one of its keys to another value.
+    """
+    return heap_tuned(tuned_environ(os.environ))
+
+
+def relaunch_with_tuned_heap() -> None:
+    """Re-execute this process (same PID, arguments and interpreter flags) with :data:`HEAP_TUNABLES`.
+
+    Returns without doing anything off glibc, or when the environment already has
+    every key (with our values or the user's).
+    """
+    if not uses_glibc():
+        return
+    environ = tuned_environ(os.environ)
+    if environ.get(TUNABLES_VARIABLE) == os.environ.get(TUNABLES_VARIABLE):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, environ)
 
 
 def malloc_trim() -> Callable[[int], int] | None:

@@ -654,8 +654,8 @@ def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, An
     command += ["--device", args.device, "--model_folder", folder]
     if args.max_steps is not None:
         command += ["--max_steps", str(args.max_steps)]
-    # lit_lora's process starts with the glibc heap settings lit_lora.heap recommends;
-    # the peer's with the environment as it is.
+    # lit_lora's process starts with the glibc heap settings `python -m lit_lora` sets
+    # for itself; the peer's with the environment as it is.
     from lit_lora.heap import tuned_environ
 
     environ = tuned_environ(os.environ) if stack == "lit_lora" else None
@@ -751,8 +751,7 @@ def predicted_peak(config_path: str, max_steps: int | None) -> int | None:
     args = ["--config", config_path] + (
         [] if max_steps is None else ["--trainer.max_steps", str(max_steps)]
     )
-    # lit_lora's run starts with the heap settings (run_child).
-    return int(predict_peak(args, tuned_heap=True).total_bytes)
+    return int(predict_peak(args).total_bytes)
 
 
 def derive(results: dict[str, Any], flops_per_token: float, peak_flops: float) -> None:

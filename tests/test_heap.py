@@ -75,6 +75,21 @@ def test_heap_tuned_needs_every_setting_at_its_value():
     assert set(HEAP_TUNABLES) == {"glibc.malloc.tcache_count", "glibc.malloc.mxfast"}
 
 
+@needs_glibc
+def test_the_command_line_reexecutes_itself_with_the_tunables_before_importing_torch():
+    code = (
+        "import os, sys\n"
+        "import lit_lora.__main__\n"
+        "torch = 'torch' in sys.modules\n"
+        "lit_lora.heap.relaunch_with_tuned_heap()\n"
+        "print(torch, os.environ['GLIBC_TUNABLES'])"
+    )
+    # Printed once, by the process started again with the settings.
+    assert run_python(code, without_tunables()) == f"False {TUNED}"
+    mine = {**without_tunables(), TUNABLES_VARIABLE: "glibc.malloc.tcache_count=7"}
+    assert run_python(code, mine) == "False glibc.malloc.tcache_count=7:glibc.malloc.mxfast=0"
+
+
 def resident_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

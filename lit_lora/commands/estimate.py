@@ -41,7 +41,7 @@ from lit_lora.auto_batch import (
 )
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
-from lit_lora.heap import heap_tuned
+from lit_lora.heap import launched_tuned
 from lit_lora.memory import (
     MemoryEstimate,
     ModelShape,
@@ -212,7 +212,7 @@ def predict_peak(args: Sequence[str], tuned_heap: bool | None = None) -> PeakEst
     Args:
         args: A ``fit`` command line (``--config`` and overrides), without ``fit``.
         tuned_heap: Whether that ``fit`` runs glibc with :data:`lit_lora.heap.HEAP_TUNABLES`;
-            by default, whether this process does (it is started from the same environment).
+            by default, whether ``python -m lit_lora`` started from this environment does.
 
     Raises:
         ConfigError: A setting is wrong (a missing model folder or GGUF file...).
@@ -246,11 +246,11 @@ def predict_peak(args: Sequence[str], tuned_heap: bool | None = None) -> PeakEst
             quantization,
             optimizer_bytes,
             checkpointing,
-            eager_attention=materialises_attention(model.attn_implementation, cuda),
+            eager_attention=materialises_attention(model.attn_implementation),
             cuda=cuda,
             loading=loading,
             process=True,
-            tuned_heap=heap_tuned() if tuned_heap is None else tuned_heap,
+            tuned_heap=launched_tuned() if tuned_heap is None else tuned_heap,
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.
