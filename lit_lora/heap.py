@@ -19,7 +19,7 @@ alone left 2.43 GB (tcache) or 3.25 GB (fastbins). Without checkpointing: 3.83 -
 glibc reads its tunables once, when a process starts, so ``python -m lit_lora`` (and
 the ``lit-lora`` command) re-executes itself with them before importing torch
 (:func:`relaunch_with_tuned_heap`). Keys you set in ``GLIBC_TUNABLES`` keep your
-values (``glibc.malloc.tcache_count=7`` restores glibc's default). A program that
+values (``glibc.malloc.tcache_count=7:glibc.malloc.mxfast=128``: glibc's defaults). A program that
 imports lit_lora runs with what its own process started with: launch it with
 ``GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0`` for the same
 heap. The memory estimate counts glibc's retained blocks when a process runs without
