@@ -20,7 +20,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from lit_lora.adapter_dir import is_adapter_dir
+from lit_lora.artifacts.adapter_dir import is_adapter_dir
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.predictions import PredictionWriter
@@ -28,7 +28,7 @@ from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
-from lit_lora.tokenizer import tokenizer_source
+from lit_lora.artifacts.tokenizer import tokenizer_source
 
 
 def default_precision() -> str:
@@ -234,7 +234,7 @@ def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCL
             "accumulate_grad_batches": 4,
             "max_epochs": 3,
             "log_every_n_steps": 10,
-            "plugins": [{"class_path": "lit_lora.checkpoint_io.AtomicCheckpointIO"}],
+            "plugins": [{"class_path": "lit_lora.artifacts.checkpoint_io.AtomicCheckpointIO"}],
             # Lightning would pick TensorBoard when it happens to be installed; CSV needs
             # nothing and ``plot`` reads it. ``save_dir`` is linked to default_root_dir.
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"},

@@ -139,7 +139,7 @@ def model_folder(config: dict[str, Any]) -> str:
     Converting here, in the parent, also keeps the one-off conversion out of both
     children's timings.
     """
-    from lit_lora.source import resolve_model_folder
+    from lit_lora.artifacts.source import resolve_model_folder
 
     model = init_args(config, "model")
     return resolve_model_folder(model["model_name_or_path"], model.get("gguf_file"))
@@ -518,7 +518,7 @@ def peer_model(config: dict[str, Any], folder: str, device: torch.device) -> Any
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from lit_lora.memory import checkpointing_enabled
+    from lit_lora.training.memory import checkpointing_enabled
 
     model = init_args(config, "model")
     quantization, lora = model["quantization"], model["lora"]
@@ -656,7 +656,7 @@ def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, An
         command += ["--max_steps", str(args.max_steps)]
     # lit_lora's process starts with the glibc heap settings `python -m lit_lora` sets
     # for itself; the peer's with the environment as it is.
-    from lit_lora.heap import tuned_environ
+    from lit_lora.training.heap import tuned_environ
 
     environ = tuned_environ(os.environ) if stack == "lit_lora" else None
     print(f"=== {stack}: {' '.join(command)}", flush=True)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tiny import TINY_MODEL, write_tiny_adapter
+from tests.helpers.tiny import TINY_MODEL, write_tiny_adapter
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from parsing import parse
+from tests.helpers.parsing import parse
+from tests.helpers.tiny import tiny_args
 from peft import PeftModel
 from safetensors.torch import load_file
 
 from lit_lora import LoRAModule
-from lit_lora.adapter_dir import BaseModelSpec
+from lit_lora.artifacts.adapter_dir import BaseModelSpec
 from lit_lora.cli import main
 from lit_lora.model.loading import load_base_model, random_weights_folder
 
@@ -64,11 +65,6 @@ def test_help_documents_every_option():
     assert "Rank of each update" in out  # lora.r's docstring
     assert "4-bit NormalFloat" in out  # quantization.mode's docstring
     assert "--model.scheduler.warmup_ratio" in out
-
-
-def tiny_args(subcommand: str, root: Path, *extra: str) -> list[str]:
-    return [subcommand, "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", *extra]
 
 
 @pytest.fixture(scope="module")

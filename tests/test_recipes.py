@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from parsing import parse
+from tests.helpers.parsing import parse
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs" / "recipes").glob("*.yaml"))

@@ -7,8 +7,8 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_lora.adapter_dir import MODEL_CARD, TRAINING_CONFIG
-from lit_lora.model_card import model_card, training_config_text
+from lit_lora.artifacts.adapter_dir import MODEL_CARD, TRAINING_CONFIG
+from lit_lora.artifacts.model_card import model_card, training_config_text
 
 
 class AdapterExport(Callback):
@@ -18,7 +18,7 @@ class AdapterExport(Callback):
     ``training_config.yaml`` (the run's configuration) and a model card ``README.md``
     into ``<trainer.default_root_dir>/<dirname>`` when fitting ends (also after a
     resumed fit), from the weights the module holds at that point. The layout is
-    described in :mod:`lit_lora.adapter_dir`.
+    described in :mod:`lit_lora.artifacts.adapter_dir`.
 
     Args:
         dirname: Folder name under ``trainer.default_root_dir``; an absolute path is

@@ -1,7 +1,7 @@
 """``python -m lit_lora estimate``: the peak memory of a ``fit`` config, before anything is loaded.
 
 Takes the same command line as ``fit`` (``--config``, any ``--model.*``, ``--data.*``,
-``--trainer.*`` override) and prints the memory estimate of ``lit_lora.memory`` per
+``--trainer.*`` override) and prints the memory estimate of ``lit_lora.training.memory`` per
 component, the memory the device has free, and whether the run fits. Only the
 model's config is read (``config.json``, or the GGUF file's metadata): the model is
 built on the meta device to count its parameters and find its linear layers, and
@@ -10,13 +10,13 @@ alike, so ``fit`` then finds it done) to find the longest batch.
 
 On CPU the total is the peak RSS of the whole ``fit`` process: the Python process
 with its libraries, loading the base (weight files and a converted copy, see
-``lit_lora.memory.loading_bytes``), and training. On a GPU it is the device memory
+``lit_lora.training.memory.loading_bytes``), and training. On a GPU it is the device memory
 the run needs, CUDA context included.
 
 Activations and logits are taken at the longest batch: batches are padded to their
 longest example, so the peak comes with the batch that holds the longest example
 read (``data.max_length`` with packing). A GGUF model's first ``fit`` also converts it
-once into the cache (``lit_lora.source``), which is not estimated: the estimate is
+once into the cache (``lit_lora.artifacts.source``), which is not estimated: the estimate is
 of every run after that one.
 """
 
@@ -32,8 +32,8 @@ from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
-from lit_lora.adapter_dir import check_adapter_dir
-from lit_lora.auto_batch import (
+from lit_lora.artifacts.adapter_dir import check_adapter_dir
+from lit_lora.training.planning import (
     SAFETY_FRACTION,
     checkpointing_modes,
     memory_verdict,
@@ -41,8 +41,8 @@ from lit_lora.auto_batch import (
 )
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
-from lit_lora.heap import launched_tuned
-from lit_lora.memory import (
+from lit_lora.training.heap import launched_tuned
+from lit_lora.training.memory import (
     MemoryEstimate,
     ModelShape,
     available_memory,
@@ -56,7 +56,7 @@ from lit_lora.memory import (
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import allows_selective
-from lit_lora.source import check_model_source
+from lit_lora.artifacts.source import check_model_source
 
 # GGUF models are dequantized into a float32 cache folder, and random_init writes
 # ``from_config``'s float32 weights: what loading then reads, per parameter.

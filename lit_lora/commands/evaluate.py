@@ -24,7 +24,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_lora.adapter_dir import (
+from lit_lora.artifacts.adapter_dir import (
     BaseModelSpec,
     adapter_tokenizer_source,
     base_spec,
@@ -37,7 +37,7 @@ from lit_lora.errors import ConfigError
 from lit_lora.eval_tasks import TASKS_DIR
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.artifacts.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM

@@ -4,7 +4,7 @@ Owns the command's options and their checks, reading prompts from the command li
 and from files, naming the variants, loading the base once with every adapter, and
 printing and writing the answers. Prompts are rendered and tokenized by
 :class:`~lit_lora.data.SFTDataModule` itself, so they reach the model exactly as
-training prompts did; generation itself is :mod:`lit_lora.generation`'s.
+training prompts did; generation itself is :mod:`lit_lora.model.generation`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from lit_lora.adapter_dir import (
+from lit_lora.artifacts.adapter_dir import (
     BaseModelSpec,
     adapter_tokenizer_source,
     base_spec,
@@ -41,7 +41,7 @@ from lit_lora.data.formats import (
     text_field,
 )
 from lit_lora.errors import ConfigError
-from lit_lora.generation import Sampling, answer_prompts, end_token_ids
+from lit_lora.model.generation import Sampling, answer_prompts, end_token_ids
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
 

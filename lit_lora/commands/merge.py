@@ -16,7 +16,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from peft import PeftModel
 from transformers import AutoConfig
 
-from lit_lora.adapter_dir import (
+from lit_lora.artifacts.adapter_dir import (
     adapter_tokenizer_source,
     base_spec,
     check_adapter_dir,
@@ -25,7 +25,7 @@ from lit_lora.adapter_dir import (
 from lit_lora.errors import ConfigError
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.artifacts.tokenizer import load_tokenizer
 
 
 def merge(

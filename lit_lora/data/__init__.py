@@ -2,7 +2,7 @@
 
 from lit_lora.data.classification import ClassificationDataModule
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
-from lit_lora.data.datamodule import SFTDataModule
+from lit_lora.data.sft import SFTDataModule
 from lit_lora.data.encode import IGNORE_INDEX, Example, encode_segments, sequence_prefix
 from lit_lora.data.files import check_data_path, load_split
 from lit_lora.data.formats import (

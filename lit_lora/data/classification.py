@@ -19,7 +19,7 @@ from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.errors import ConfigError
-from lit_lora.tokenizer import load_data_tokenizer
+from lit_lora.artifacts.tokenizer import load_data_tokenizer
 
 Split = Literal["train", "validation", "test", "predict"]
 _STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
@@ -92,7 +92,7 @@ class ClassificationDataModule(LightningDataModule):
             (``rows / (classes x rows of the class)`` over the training rows, as
             scikit-learn computes it) for imbalanced data; unset weighs all alike.
         max_length: Longest text in tokens; longer texts keep their first ``max_length``.
-        batch_size: Rows per training batch, or ``auto`` (see ``lit_lora.auto_batch``).
+        batch_size: Rows per training batch, or ``auto`` (see ``lit_lora.training.planning``).
         effective_batch_size: With ``batch_size: auto``, the rows per optimizer step.
         eval_batch_size: Rows per validation, test and predict batch; unset uses ``batch_size``.
         num_workers: DataLoader worker processes.

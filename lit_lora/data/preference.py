@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from lit_lora.data.collate import SFTCollator
-from lit_lora.data.datamodule import SFTDataModule
+from lit_lora.data.sft import SFTDataModule
 from lit_lora.data.encode import Example
 from lit_lora.data.formats import (
     Conversation,

@@ -9,7 +9,7 @@ from lit_lora.lazy import lazy_attributes
 if TYPE_CHECKING:
     from lit_lora.model.classification import ClassificationModule
     from lit_lora.model.lora import LoRASettings
-    from lit_lora.model.module import LoRAModule
+    from lit_lora.model.base import LoRAModule
     from lit_lora.model.preference import DPOModule
     from lit_lora.model.quantization import QuantizationSettings
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ClassificationModule": "lit_lora.model.classification",
     "DPOModule": "lit_lora.model.preference",
-    "LoRAModule": "lit_lora.model.module",
+    "LoRAModule": "lit_lora.model.base",
     "LoRASettings": "lit_lora.model.lora",
     "QuantizationSettings": "lit_lora.model.quantization",
 }

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from lit_lora.errors import ConfigError
 from lit_lora.model.loading import base_model_folder, load_base_model
-from lit_lora.model.module import LoRAModule
+from lit_lora.model.base import LoRAModule
 
 # Written next to the adapter: the class names in id order.
 LABELS_FILE = "labels.json"

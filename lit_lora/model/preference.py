@@ -14,7 +14,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from lit_lora.errors import ConfigError
 from lit_lora.model.loss import sequence_log_probs
-from lit_lora.model.module import LoRAModule
+from lit_lora.model.base import LoRAModule
 
 # Name of the frozen copy of ``adapter_path`` that serves as the reference policy.
 REFERENCE_ADAPTER = "reference"

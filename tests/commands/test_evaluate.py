@@ -16,12 +16,12 @@ import torch
 import yaml
 from peft import PeftModel
 
-from lit_lora.adapter_dir import BaseModelSpec
+from lit_lora.artifacts.adapter_dir import BaseModelSpec
 from lit_lora.cli import main
 from lit_lora.commands.evaluate import evaluate, resolve_chat_template
 from lit_lora.eval_tasks.json_extraction import DATA_FILE
 from lit_lora.model.loading import load_base_model
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.artifacts.tokenizer import load_tokenizer
 
 pytest.importorskip("lm_eval")
 

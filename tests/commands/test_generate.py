@@ -13,12 +13,12 @@ import yaml
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import lit_lora.generation
-from lit_lora.adapter_dir import BaseModelSpec
+import lit_lora.model.generation
+from lit_lora.artifacts.adapter_dir import BaseModelSpec
 from lit_lora.cli import main
 from lit_lora.commands.generate import name_variants
 from lit_lora.data import SFTDataModule
-from lit_lora.generation import (
+from lit_lora.model.generation import (
     Sampling,
     end_of_turn_token_id,
     end_token_ids,
@@ -26,7 +26,7 @@ from lit_lora.generation import (
 )
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.artifacts.tokenizer import load_tokenizer
 
 PROMPTS = ["Name a colour.", "What is 2+2? Answer: briefly"]
 IM_END = 2  # <|im_end|> in the tiny tokenizer, also its EOS
@@ -180,7 +180,7 @@ def test_prompt_ids_are_training_prompt_ids_for_given_and_file_prompts(
         )
         return generate_texts(model, tokenizer, input_ids, attention_mask, *args)
 
-    monkeypatch.setattr(lit_lora.generation, "generate_texts", spy)
+    monkeypatch.setattr(lit_lora.model.generation, "generate_texts", spy)
     prompt_file = tmp_path / "prompts.txt"
     prompt_file.write_text("Hello there\n\nHow are you?\n")
 

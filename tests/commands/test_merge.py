@@ -13,11 +13,11 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from tiny import TINY_MODEL, write_tiny_adapter
+from tests.helpers.tiny import TINY_MODEL, write_tiny_adapter
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lit_lora import LoRAModule, LoRASettings
-from lit_lora.adapter_dir import base_spec
+from lit_lora.artifacts.adapter_dir import base_spec
 from lit_lora.cli import main
 from lit_lora.commands import merge as merge_command
 from lit_lora.commands.merge import merge

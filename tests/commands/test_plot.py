@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import yaml
 from matplotlib import image
-from test_cli import REPO, parse, tiny_args
 
 from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.cli import main
 from lit_lora.commands.plot import DPI, FIGURE_SIZE
+from tests.helpers.parsing import parse
+from tests.helpers.tiny import REPO, tiny_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LOGGED = ("step", "train/loss", "train/lr", "train/grad_norm", "train/supervised_tokens_per_sec", "val/loss",

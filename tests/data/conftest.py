@@ -1,4 +1,4 @@
-"""Tokenizers built in code and saved to disk, loaded through ``lit_lora.tokenizer.load_tokenizer``.
+"""Tokenizers built in code and saved to disk, loaded through ``lit_lora.artifacts.tokenizer.load_tokenizer``.
 
 Both tokenizers add ``<s>`` when called with special tokens, like Llama's: the chat one
 also writes ``{{ bos_token }}`` in its template, the setup that doubles BOS when a
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from sft_helpers import CHATML, REVERSED, save_tokenizer
+from tests.helpers.sft import CHATML, REVERSED, save_tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from lit_lora.tokenizer import load_tokenizer
+from lit_lora.artifacts.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)

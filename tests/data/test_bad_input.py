@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sft_helpers import write_jsonl
+from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule, render
 from lit_lora.data.files import load_split

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sft_helpers import build_tokenizer, ids, masked
+from tests.helpers.sft import build_tokenizer, ids, masked
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.data.encode import encode_segments, sequence_prefix

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sft_helpers import VOCAB, ids, masked, write_jsonl
+from tests.helpers.sft import VOCAB, ids, masked, write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.errors import ConfigError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sft_helpers import write_csv, write_jsonl
+from tests.helpers.sft import write_csv, write_jsonl
 
 from lit_lora.data.files import check_data_path, is_local, load_split
 from lit_lora.errors import ConfigError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sft_helpers import write_jsonl
+from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.data.formats import detect_format, resolve_format, to_conversation

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 from datasets import Dataset
-from sft_helpers import write_jsonl
+from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.data.mixing import DataSource, MixSampler, rename_fields

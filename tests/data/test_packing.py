@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sft_helpers import IGNORE, WORDS, write_jsonl
+from tests.helpers.sft import IGNORE, WORDS, write_jsonl
 from transformers.modeling_flash_attention_utils import (
     prepare_fa_kwargs_from_position_ids,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sft_helpers import ids, masked, write_jsonl
+from tests.helpers.sft import ids, masked, write_jsonl
 
 from lit_lora.data import PreferenceDataModule
 from lit_lora.errors import ConfigError

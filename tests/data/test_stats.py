@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
-from sft_helpers import write_jsonl
+from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.data.stats import SplitStats, format_stats, split_stats

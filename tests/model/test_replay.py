@@ -5,9 +5,9 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import pytest
 import torch
-from test_module import batch, build, lora_grads
 
 from lit_lora import LoRASettings, QuantizationSettings
+from tests.helpers.modules import batch, build, lora_grads
 from lit_lora.errors import ConfigError
 from lit_lora.model.replay import (
     ReplayDropout,

@@ -1,7 +1,7 @@
 """The memory check at the start of a run, ``data.batch_size: auto`` and
 ``model.gradient_checkpointing: auto``.
 
-Once the model is loaded, the run's memory is estimated (:mod:`lit_lora.memory`)
+Once the model is loaded, the run's memory is estimated (:mod:`lit_lora.training.memory`)
 and printed, and a warning names what to change when it will not fit.
 
 ``gradient_checkpointing: auto`` recomputes activations only when memory needs it:
@@ -33,8 +33,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_lora.heap import heap_tuned
-from lit_lora.memory import (
+from lit_lora.training.heap import heap_tuned
+from lit_lora.training.memory import (
     MemoryEstimate,
     ModelShape,
     available_memory,

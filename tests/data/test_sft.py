@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
-from sft_helpers import IGNORE, VOCAB, ids, masked, write_jsonl
+from tests.helpers.sft import IGNORE, VOCAB, ids, masked, write_jsonl
 
 from lit_lora.data import PromptExample, SFTDataModule
 from lit_lora.errors import ConfigError

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lit_lora.heap import (
+from lit_lora.training.heap import (
     HEAP_TUNABLES,
     TUNABLES_VARIABLE,
     heap_tuned,
@@ -81,7 +81,7 @@ def test_the_command_line_reexecutes_itself_with_the_tunables_before_importing_t
         "import os, sys\n"
         "import lit_lora.__main__\n"
         "torch = 'torch' in sys.modules\n"
-        "lit_lora.heap.relaunch_with_tuned_heap()\n"
+        "lit_lora.training.heap.relaunch_with_tuned_heap()\n"
         "print(torch, os.environ['GLIBC_TUNABLES'])"
     )
     # Printed once, by the process started again with the settings.

@@ -1,8 +1,8 @@
 """Callbacks that SIGKILL the training process at a chosen moment (for resume tests).
 
 A kill, unlike an exception, runs no cleanup: no ``finally``, no Lightning teardown,
-no flush. The tests add these through ``--trainer.callbacks+=kill_switch.…`` to a
-``python -m lit_lora fit`` subprocess whose ``PYTHONPATH`` includes ``tests/``.
+no flush. The tests add these through ``--trainer.callbacks+=tests.helpers.kill_switch.…``
+to a ``python -m lit_lora fit`` subprocess whose ``PYTHONPATH`` is the repository root.
 """
 
 from __future__ import annotations

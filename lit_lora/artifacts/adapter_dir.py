@@ -25,7 +25,7 @@ import yaml
 
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.source import check_model_source
+from lit_lora.artifacts.source import check_model_source
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINING_CONFIG = "training_config.yaml"
@@ -137,7 +137,7 @@ def adapter_tokenizer_source(adapter_dir: str | Path | None, spec: BaseModelSpec
     """Where the tokenizer trained with is, as ``(name_or_path, gguf_file)``: the
     adapter's own copy (chat template included), else the base's (adapters from
     elsewhere often carry none, and the base alone has no adapter)."""
-    from lit_lora.tokenizer import tokenizer_source
+    from lit_lora.artifacts.tokenizer import tokenizer_source
 
     if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file():
         return str(adapter_dir), None

@@ -1,7 +1,7 @@
 """The tiny model the tests build on, and exported-adapter folders for it.
 
-A module of its own (not conftest.py) so that test files can import it by a name no
-other test folder shadows.
+Helpers are imported as ``tests.helpers.<name>``: the repository root is on pytest's
+``pythonpath`` and on the ``PYTHONPATH`` of the subprocesses the tests start.
 """
 
 from __future__ import annotations
@@ -9,8 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = Path(os.environ.get("LIT_LORA_TINY_MODEL", REPO / "assets" / "tiny-llama"))
+
+
+def tiny_args(subcommand: str, root: Path, *extra: str) -> list[str]:
+    """A command line running ``subcommand`` on configs/tiny.yaml into ``root``, without a progress bar."""
+    return [subcommand, "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false", *extra]
 
 
 def write_tiny_adapter(directory: Path, seed: int, quantization: str = "nf4") -> Path:

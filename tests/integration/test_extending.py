@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lit_lora.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs/examples/weighted_examples.py"
 
 

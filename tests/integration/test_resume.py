@@ -22,8 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -36,7 +35,7 @@ def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
         "--step_checkpoint.every_n_train_steps", "2",
         *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
 
 
@@ -69,7 +68,7 @@ def test_step_checkpoints_keep_the_newest_two(uninterrupted: Path):
 def test_kill_mid_epoch_then_resume_from_last_equals_uninterrupted(uninterrupted: Path, tmp_path: Path):
     # Killed before batch 9 of epoch 1: the newest checkpoint is step 10 (after batch 7),
     # so batch 8 is the first one the resumed run must train, in the middle of an epoch.
-    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillAtBatch", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=9")
+    killed = fit(tmp_path, "--trainer.callbacks+=tests.helpers.kill_switch.KillAtBatch", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=9")
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "adapter").exists()
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
@@ -85,7 +84,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_last(uninterrupted: P
     # Writes so far: step2, last, step4, last, step6, last (on epoch 0's last batch),
     # epoch00-step6, last, best (at the epoch's end), step8, then last again: killed
     # with half of that eleventh file on disk.
-    killed = fit(tmp_path, "--trainer.callbacks+=kill_switch.KillDuringSave", "--trainer.callbacks.save=11")
+    killed = fit(tmp_path, "--trainer.callbacks+=tests.helpers.kill_switch.KillDuringSave", "--trainer.callbacks.save=11")
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / "checkpoints"
     assert (folder / "last.ckpt.partial").stat().st_size > 0  # the interrupted write

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_lora.rng import rng_states, set_rng_states
+from lit_lora.training.rng import rng_states, set_rng_states
 
 # These tests reseed and advance the global generators; give other tests theirs back.
 pytestmark = pytest.mark.usefixtures("keep_global_generators")

@@ -9,7 +9,7 @@ import torch
 
 from lit_lora.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # max_length 256 fits 3 quickstart examples (68-86 tokens) per pack: ~125 packs, 16
 # batches of 8, 8 optimizer steps per epoch. Dropout off leaves nothing random, so a

@@ -12,7 +12,7 @@ import fsspec
 import pytest
 import torch
 
-from lit_lora.checkpoint_io import AtomicCheckpointIO
+from lit_lora.artifacts.checkpoint_io import AtomicCheckpointIO
 
 
 class Unpicklable:

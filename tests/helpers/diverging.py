@@ -1,6 +1,6 @@
 """A module whose loss turns NaN at a chosen optimizer step, as a run with far too high
 a learning rate does (the tiny model's pre-norm layers absorb even lr 10 for dozens of
-steps, so a test cannot wait for that). Used as ``--model diverging.DivergingModule``.
+steps, so a test cannot wait for that). Used as ``--model tests.helpers.diverging.DivergingModule``.
 """
 
 from __future__ import annotations

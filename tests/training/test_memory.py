@@ -12,13 +12,13 @@ import dataclasses
 import bitsandbytes as bnb
 import pytest
 import torch
-from tiny import REPO
+from tests.helpers.tiny import REPO
 from transformers import AutoConfig
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
-from lit_lora.auto_batch import checkpointing_modes, largest_fitting_batch, plan_batch
+from lit_lora.training.planning import checkpointing_modes, largest_fitting_batch, plan_batch
 from lit_lora.cli import main
-from lit_lora.memory import (
+from lit_lora.training.memory import (
     DEFAULT_OPTIMIZER,
     ModelShape,
     checkpointing_enabled,
@@ -28,7 +28,7 @@ from lit_lora.memory import (
     optimizer_state_bytes,
     quantized_bytes_per_param,
 )
-from lit_lora.optim import default_optimizer
+from lit_lora.training.optim import default_optimizer
 
 SHAPE = ModelShape(
     quantizable_params=1_000_000, other_params=10_000, trainable_params=2_000,
@@ -154,7 +154,7 @@ def fit_auto(tmp_path, monkeypatch, *extra):
     # Captured at the source: whether Lightning's log reaches pytest's handlers depends
     # on what imported Lightning first.
     printed = []
-    monkeypatch.setattr("lit_lora.auto_batch.rank_zero_info", printed.append)
+    monkeypatch.setattr("lit_lora.training.planning.rank_zero_info", printed.append)
     cli = main(["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path / "run"),
                 "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "auto",
                 "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *extra])
@@ -177,7 +177,7 @@ def test_auto_batch_size_picks_a_micro_batch_and_accumulation(tmp_path, monkeypa
 def test_auto_batch_size_shrinks_and_warns_when_memory_is_short(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     # 1 MB: 90% of it holds no micro-batch of 128 tokens (~1.6 MB each), so 1 is the floor.
-    monkeypatch.setattr("lit_lora.auto_batch.available_memory", lambda device: 1_000_000)
+    monkeypatch.setattr("lit_lora.training.planning.available_memory", lambda device: 1_000_000)
     with pytest.warns(UserWarning, match="will likely not fit"):
         cli, log = fit_auto(tmp_path, monkeypatch)
     micro, accumulation = cli.datamodule.batch_size, cli.trainer.accumulate_grad_batches

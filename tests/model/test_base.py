@@ -13,30 +13,8 @@ from torch.utils.data import DataLoader
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
 from lit_lora.model.loss import token_loss_sum
-from lit_lora.optim import LRSchedule
-
-
-def build(tiny_model_dir, **kwargs) -> LoRAModule:
-    kwargs.setdefault("quantization", QuantizationSettings(mode="none"))
-    kwargs.setdefault("lora", LoRASettings(r=4, alpha=8, dropout=0.0, init_lora_weights=False))
-    module = LoRAModule(str(tiny_model_dir), random_init=True, **kwargs)
-    torch.manual_seed(0)  # LoRA matrices are initialised from the global generator
-    module.configure_model()
-    return module
-
-
-def batch(seed: int, rows: int, length: int, supervised: list[int], vocab: int) -> dict[str, torch.Tensor]:
-    """A batch whose row ``i`` is trained on its last ``supervised[i]`` positions."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab, (rows, length), generator=generator)
-    labels = torch.full_like(input_ids, -100)
-    for i, n in enumerate(supervised):
-        labels[i, length - n :] = input_ids[i, length - n :]
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-
-
-def lora_grads(module: LoRAModule) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
+from lit_lora.training.optim import LRSchedule
+from tests.helpers.modules import batch, build, lora_grads
 
 
 def test_every_lora_matrix_gets_gradient_on_4bit_base_with_checkpointing(tiny_model_dir):

@@ -25,7 +25,7 @@ shape from the config alone: :meth:`ModelShape.from_config`):
   (``CPU_PROCESS_BYTES``), which no tensor accounts for;
 - retained: on CPU, the dequantized weights glibc keeps after freeing them when it
   runs with its default caches, see :func:`retained_bytes` (none with the settings
-  ``python -m lit_lora`` starts with, :mod:`lit_lora.heap`).
+  ``python -m lit_lora`` starts with, :mod:`lit_lora.training.heap`).
 
 Where the constants come from, measured on CPU (torch 2.13, transformers 5.23,
 bitsandbytes 0.50, lightning 2.6, Python 3.11, 2 cores) as peak RSS: ``ru_maxrss`` of
@@ -50,12 +50,12 @@ reset through ``/proc/self/clear_refs`` between phases):
   attention probabilities (see :func:`materialises_attention`).
 
 The CPU measurements above were made with glibc's default heap; with the settings
-``python -m lit_lora`` starts with (:mod:`lit_lora.heap`) the tiny run at 32 x 512
+``python -m lit_lora`` starts with (:mod:`lit_lora.training.heap`) the tiny run at 32 x 512
 tokens peaks at 904 MiB (predicted 847: sdpa keeps no probabilities, see
 :func:`materialises_attention`).
 
 It is an estimate: allocator fragmentation and temporary buffers come on top,
-which is why :mod:`lit_lora.auto_batch` keeps a safety margin.
+which is why :mod:`lit_lora.training.planning` keeps a safety margin.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ _ONE_STATE_OPTIMIZERS = ("sgd", "lion", "rmsprop", "adagrad")
 # and float32 states for tensors below 4096 elements.
 _EIGHT_BIT_BLOCK = 256
 _MIN_8BIT_SIZE = 4096
-# The optimizer of a config without one (lit_lora.optim.default_optimizer).
+# The optimizer of a config without one (lit_lora.training.optim.default_optimizer).
 DEFAULT_OPTIMIZER = "bitsandbytes.optim.PagedAdamW8bit"
 # Weight files a model folder may hold, for the bytes loading maps.
 _WEIGHT_FILES = ("*.safetensors", "*.bin")
@@ -324,7 +324,7 @@ def materialises_attention(attn_implementation: str | None) -> bool:
     """Whether attention keeps its ``heads x t`` probabilities per token for backward.
 
     Eager attention does; sdpa and flash attention do not, on CPU too (torch 2.13).
-    Measured on CPU with glibc's heap settings (:mod:`lit_lora.heap`), the tiny model
+    Measured on CPU with glibc's heap settings (:mod:`lit_lora.training.heap`), the tiny model
     without checkpointing at 32 x 512 tokens: peak RSS 1,387 MiB with eager attention,
     904 MiB with sdpa, the two layers' probabilities and their gradient apart. (With
     glibc's default heap the sdpa run peaked at 1.08-1.11 GB, which had looked like
@@ -506,7 +506,7 @@ def estimate_memory(
             once it is loaded.
         process: Count the Python process itself on CPU (``CPU_PROCESS_BYTES``): the
             whole process's peak rather than what is left to allocate in it.
-        tuned_heap: Whether the process runs glibc with :data:`lit_lora.heap.HEAP_TUNABLES`,
+        tuned_heap: Whether the process runs glibc with :data:`lit_lora.training.heap.HEAP_TUNABLES`,
             whose freed blocks merge again: nothing is counted as retained then.
     """
     dtype_bytes = resolve_dtype(quantization.compute_dtype).itemsize
@@ -547,7 +547,7 @@ def retained_bytes(shape: ModelShape, quantization: QuantizationSettings) -> int
     live tensors was 950-1,040 MiB in float32, with and without checkpointing, about
     two passes' worth of dequantized weights (850 MiB); fixing the mmap threshold
     instead returned it to the system at 2.2x the step time. With
-    :data:`lit_lora.heap.HEAP_TUNABLES` (``python -m lit_lora``) the freed blocks merge
+    :data:`lit_lora.training.heap.HEAP_TUNABLES` (``python -m lit_lora``) the freed blocks merge
     and are reused, and the estimate counts none of this.
 
     Args:

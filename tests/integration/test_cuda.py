@@ -15,7 +15,7 @@ from peft import PeftModel
 from lit_lora.cli import main
 from lit_lora.model.loading import load_base_model, random_weights_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 

@@ -7,8 +7,8 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from lit_lora import tokenizer as tokenizer_module
-from lit_lora.tokenizer import load_tokenizer, one_thread_per_process, tokenizer_source
+from lit_lora.artifacts import tokenizer as tokenizer_module
+from lit_lora.artifacts.tokenizer import load_tokenizer, one_thread_per_process, tokenizer_source
 
 
 def test_tokenizer_source_prefers_a_separate_tokenizer():

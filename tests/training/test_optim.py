@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_lora.errors import ConfigError
-from lit_lora.optim import (
+from lit_lora.training.optim import (
     LRSchedule,
     parameter_groups,
     resync_learning_rates,
