@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.artifacts.adapter_dir import is_adapter_dir
+from lit_lora.artifacts.tokenizer import tokenizer_source
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.predictions import PredictionWriter
@@ -28,7 +29,6 @@ from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
-from lit_lora.artifacts.tokenizer import tokenizer_source
 
 
 def default_precision() -> str:

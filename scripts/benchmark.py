@@ -146,9 +146,7 @@ def model_folder(config: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- data (peer)
-def prepare_peer_examples(
-    tokenizer: Any, path: str | Path, max_length: int
-) -> list[dict[str, list[int]]]:
+def prepare_peer_examples(tokenizer: Any, path: str | Path, max_length: int) -> list[dict[str, list[int]]]:
     """Tokenize a ``messages`` JSONL file the way a Trainer user does, masking prompts with -100.
 
     The prompt is the conversation up to the reply, rendered by the chat template
@@ -172,14 +170,10 @@ def prepare_peer_examples(
         if not line.strip():
             continue
         messages = json.loads(line)["messages"]
-        prompt = tokenizer.apply_chat_template(
-            messages[:-1], add_generation_prompt=True, tokenize=False
-        )
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(messages, tokenize=False)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)[
-            "input_ids"
-        ]
+        reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
         input_ids = (prompt_ids + reply_ids)[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt_ids) + reply_ids)[:max_length]
         if any(label != IGNORE_INDEX for label in labels[1:]):
@@ -193,9 +187,7 @@ def prepare_peer_examples(
     return examples
 
 
-def pad_batch(
-    examples: Sequence[dict[str, list[int]]], pad_token_id: int
-) -> dict[str, torch.Tensor]:
+def pad_batch(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad examples into ``(B, T)`` tensors, labels -100 and attention 0 on the padding."""
     length = max(len(example["input_ids"]) for example in examples)
     batch = {
@@ -245,27 +237,14 @@ def validation_loss(
     model.eval()
     loss_sum, count = torch.zeros((), dtype=torch.float64), 0
     for start in range(0, len(examples), batch_size):
-        batch = {
-            k: v.to(device)
-            for k, v in pad_batch(
-                examples[start : start + batch_size], pad_token_id
-            ).items()
-        }
+        batch = {k: v.to(device) for k, v in pad_batch(examples[start : start + batch_size], pad_token_id).items()}
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         targets = batch["labels"][:, 1:]
         supervised = targets != IGNORE_INDEX
         # Float32 before the log-softmax: bf16 loses the small probabilities of a large vocabulary.
         scores = logits[:, :-1][supervised].float()
-        loss_sum += (
-            torch.nn.functional.cross_entropy(
-                scores, targets[supervised], reduction="sum"
-            )
-            .cpu()
-            .double()
-        )
+        loss_sum += torch.nn.functional.cross_entropy(scores, targets[supervised], reduction="sum").cpu().double()
         count += int(supervised.sum())
     model.train(was_training)
     return float(loss_sum / count)
@@ -376,9 +355,7 @@ def __getattr__(name: str) -> type:
     raise AttributeError(name)
 
 
-def lit_lora_args(
-    config_path: str, root_dir: str, max_steps: int | None, device: str
-) -> list[str]:
+def lit_lora_args(config_path: str, root_dir: str, max_steps: int | None, device: str) -> list[str]:
     """The fit command line of the lit_lora child: the config plus run-local overrides only.
 
     Validation during training is off because both stacks are validated afterwards by
@@ -404,9 +381,7 @@ def lit_lora_args(
     return args
 
 
-def run_lit_lora(
-    config_path: str, folder: str, max_steps: int | None, device: torch.device
-) -> dict[str, Any]:
+def run_lit_lora(config_path: str, folder: str, max_steps: int | None, device: torch.device) -> dict[str, Any]:
     """Train with lit_lora's CLI and measure; runs in the child process.
 
     Args:
@@ -423,18 +398,14 @@ def run_lit_lora(
     with tempfile.TemporaryDirectory(prefix="lit_lora_benchmark_") as root:
         cli = main(lit_lora_args(config_path, root, max_steps, device.type))
         meter_class = _lit_lora_meter_class()
-        meter = next(
-            cb for cb in cli.trainer.callbacks if isinstance(cb, meter_class)
-        ).meter
+        meter = next(cb for cb in cli.trainer.callbacks if isinstance(cb, meter_class)).meter
         results = meter.results(config["trainer"]["log_every_n_steps"])
         tokenizer = AutoTokenizer.from_pretrained(folder)
         results["val_loss"] = validate(cli.model.model, tokenizer, config, device)
     return results
 
 
-def validate(
-    model: torch.nn.Module, tokenizer: Any, config: dict[str, Any], device: torch.device
-) -> float:
+def validate(model: torch.nn.Module, tokenizer: Any, config: dict[str, Any], device: torch.device) -> float:
     """:func:`validation_loss` of a trained model on the config's validation file, as both stacks call it."""
     data = init_args(config, "data")
     examples = prepare_peer_examples(tokenizer, data["val_file"], data["max_length"])
@@ -450,9 +421,7 @@ def validate(
 
 
 # ---------------------------------------------------------------- the peer child
-def peer_arguments(
-    config: dict[str, Any], output_dir: str, max_steps: int | None, device: torch.device
-) -> Any:
+def peer_arguments(config: dict[str, Any], output_dir: str, max_steps: int | None, device: torch.device) -> Any:
     """``TrainingArguments`` with every number taken from the lit_lora config.
 
     Settings are indexed, never defaulted: a setting missing from the YAML would
@@ -473,15 +442,9 @@ def peer_arguments(
     )
     optimizer, scheduler = model["optimizer"], model["scheduler"]
     if scheduler.get("min_lr_ratio", 0.0) != 0.0:
-        raise ValueError(
-            "the peer's schedules decay to 0; set model.scheduler.min_lr_ratio: 0"
-        )
+        raise ValueError("the peer's schedules decay to 0; set model.scheduler.min_lr_ratio: 0")
     # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio.
-    warmup = (
-        scheduler["warmup_steps"]
-        if "warmup_steps" in scheduler
-        else scheduler["warmup_ratio"]
-    )
+    warmup = scheduler["warmup_steps"] if "warmup_steps" in scheduler else scheduler["warmup_ratio"]
     precision = compute_dtype(config)
     return TrainingArguments(
         output_dir=output_dir,
@@ -523,9 +486,7 @@ def peer_model(config: dict[str, Any], folder: str, device: torch.device) -> Any
     model = init_args(config, "model")
     quantization, lora = model["quantization"], model["lora"]
     if quantization["mode"] not in ("nf4", "fp4"):
-        raise ValueError(
-            f"the peer runs QLoRA (nf4 or fp4), not quantization.mode {quantization['mode']}"
-        )
+        raise ValueError(f"the peer runs QLoRA (nf4 or fp4), not quantization.mode {quantization['mode']}")
     dtype = getattr(torch, quantization["compute_dtype"])
     bnb_config = BitsAndBytesConfig(
         load_in_4bit=True,
@@ -551,9 +512,7 @@ def peer_model(config: dict[str, Any], folder: str, device: torch.device) -> Any
     return get_peft_model(base, lora_config)
 
 
-def run_peer(
-    config_path: str, folder: str, max_steps: int | None, device: torch.device
-) -> dict[str, Any]:
+def run_peer(config_path: str, folder: str, max_steps: int | None, device: torch.device) -> dict[str, Any]:
     """Train with transformers ``Trainer`` + PEFT + bitsandbytes and measure; runs in the child process.
 
     Args:
@@ -573,9 +532,7 @@ def run_peer(
     config = load_config(config_path)
     data = init_args(config, "data")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    train = Dataset.from_list(
-        prepare_peer_examples(tokenizer, data["train_file"], data["max_length"])
-    )
+    train = Dataset.from_list(prepare_peer_examples(tokenizer, data["train_file"], data["max_length"]))
     model = peer_model(config, folder, device)
     meter = TrainingMeter(device)
 
@@ -586,9 +543,7 @@ def run_peer(
         if module.training:
             meter.batch(kwargs["labels"], kwargs["attention_mask"])
 
-    def record(
-        module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
-    ) -> None:
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         if module.training:
             meter.step_loss(output.loss)
 
@@ -598,9 +553,7 @@ def run_peer(
     class StopClock(TrainerCallback):
         """Stops the meter's clock when training ends."""
 
-        def on_train_end(
-            self, args: Any, state: Any, control: Any, **kwargs: Any
-        ) -> None:
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             meter.stop()
 
     with tempfile.TemporaryDirectory(prefix="peer_benchmark_") as output_dir:
@@ -608,9 +561,7 @@ def run_peer(
             model=model,
             args=peer_arguments(config, output_dir, max_steps, device),
             train_dataset=train,
-            data_collator=DataCollatorForSeq2Seq(
-                tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX
-            ),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
             callbacks=[StopClock()],
         )
         trainer.train()
@@ -672,9 +623,7 @@ def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, An
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0 or results is None:
-        raise SystemExit(
-            f"benchmark: the {stack} run failed (exit status {process.returncode})"
-        )
+        raise SystemExit(f"benchmark: the {stack} run failed (exit status {process.returncode})")
     results["wall_s"] = wall
     if "peak_memory_bytes" not in results:
         results["peak_memory_bytes"] = usage.ru_maxrss * 1024  # kilobytes on Linux
@@ -748,9 +697,7 @@ def predicted_peak(config_path: str, max_steps: int | None) -> int | None:
         from lit_lora.commands.estimate import predict_peak
     except ImportError:
         return None
-    args = ["--config", config_path] + (
-        [] if max_steps is None else ["--trainer.max_steps", str(max_steps)]
-    )
+    args = ["--config", config_path] + ([] if max_steps is None else ["--trainer.max_steps", str(max_steps)])
     return int(predict_peak(args).total_bytes)
 
 
@@ -770,10 +717,7 @@ def format_table(results: dict[str, dict[str, Any]], mfu_formula: str) -> str:
         "| --- | ---: | ---: | ---: |",
     ]
     for key, label, fmt in ROWS:
-        cells = [
-            fmt.format(results[stack][key]) if stack in results else ""
-            for stack in STACKS
-        ]
+        cells = [fmt.format(results[stack][key]) if stack in results else "" for stack in STACKS]
         both = all(stack in results for stack in STACKS) and results["peer"][key]
         ratio = f"{results['lit_lora'][key] / results['peer'][key]:.2f}" if both else ""
         name = f"{label} = {mfu_formula}" if key == "mfu" else label
@@ -789,9 +733,7 @@ def machine_description(device: torch.device, peaks: dict[str, float]) -> str:
     import psutil
     import transformers
 
-    cpuinfo = (
-        Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    )
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     lines = [
         (
@@ -807,10 +749,7 @@ def machine_description(device: torch.device, peaks: dict[str, float]) -> str:
             f"bitsandbytes {bitsandbytes.__version__}, lightning {lightning.__version__}, "
             f"Python {platform.python_version()}"
         ),
-        "- measured peak: "
-        + ", ".join(
-            f"{name} {flops / 1e12:.2f} TFLOP/s" for name, flops in peaks.items()
-        ),
+        "- measured peak: " + ", ".join(f"{name} {flops / 1e12:.2f} TFLOP/s" for name, flops in peaks.items()),
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
     ]
     return "\n".join(lines)
@@ -846,10 +785,7 @@ def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     ensure_gguf_link(config)
     folder = model_folder(config)
     device = training_device(args.device)
-    peaks = {
-        str(d).removeprefix("torch."): measure_peak_flops(device, d)
-        for d in (torch.bfloat16, torch.float32)
-    }
+    peaks = {str(d).removeprefix("torch."): measure_peak_flops(device, d) for d in (torch.bfloat16, torch.float32)}
     dtype = compute_dtype(config)
     dtype_name = str(dtype).removeprefix("torch.")
     workdir = tempfile.TemporaryDirectory(prefix="lit_lora_benchmark_config_")
@@ -887,11 +823,7 @@ def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     notes = (
         f"{memory_line}\n\n"
         "Peak memory: "
-        + (
-            "`torch.cuda.max_memory_allocated`"
-            if device.type == "cuda"
-            else "peak RSS of the stack's process"
-        )
+        + ("`torch.cuda.max_memory_allocated`" if device.type == "cuda" else "peak RSS of the stack's process")
         + ". Final train loss: mean of the per-step losses over the last logging window "
         "(`trainer.log_every_n_steps` steps). Validation loss: one shared function, token-weighted "
         "over all supervised tokens of the validation file. Tokens/s over the training loop "
@@ -918,9 +850,7 @@ def training_device(name: str) -> torch.device:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of the benchmark (and of its child processes)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--max_steps",
         type=int,
@@ -959,9 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
         "slower than in float32 (bfloat16 on most CPUs without AMX): then both stacks train in float32; "
         "config: always the config's (default: auto)",
     )
-    parser.add_argument(
-        "--json", default=None, help="also write all measurements to this JSON file"
-    )
+    parser.add_argument("--json", default=None, help="also write all measurements to this JSON file")
     # Set by the parent on its child processes only.
     parser.add_argument("--stack", choices=STACKS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model_folder", default=None, help=argparse.SUPPRESS)

@@ -22,8 +22,20 @@ import random
 from pathlib import Path
 
 SEED = 99
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]  # fmt: skip
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def rejected_answer(answer: dict[str, str], mistake: int, cities: list[str], rng: random.Random) -> str:
@@ -46,14 +58,20 @@ def pairs(rows: list[dict], cities: list[str], rng: random.Random) -> list[dict[
     for index, row in enumerate(rows):
         prompt, answer = (turn["content"] for turn in row["messages"])
         result.append(
-            {"prompt": prompt, "chosen": answer, "rejected": rejected_answer(json.loads(answer), index % 4, cities, rng)}
+            {
+                "prompt": prompt,
+                "chosen": answer,
+                "rejected": rejected_answer(json.loads(answer), index % 4, cities, rng),
+            }
         )
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default="data/quickstart", help="folder with the quickstart's train.jsonl and val.jsonl")
+    parser.add_argument(
+        "--source", default="data/quickstart", help="folder with the quickstart's train.jsonl and val.jsonl"
+    )
     parser.add_argument("--out", default="data/preference", help="folder to write train.jsonl and val.jsonl to")
     args = parser.parse_args(argv)
     rng = random.Random(SEED)

@@ -59,7 +59,7 @@ CITIES = [
     "Karachi", "Lahore", "Dhaka", "Colombo", "Bangkok", "Jakarta", "Singapore", "Shanghai", "Beijing", "Taipei",
     "Melbourne", "Perth", "Auckland", "Vancouver", "Ottawa", "Seattle", "Phoenix", "Houston", "Miami", "Atlanta",
     "Caracas", "Santiago", "Rosario", "Kampala", "Kigali", "Luanda", "Tunis", "Algiers", "Rabat", "Durban",
-    "Reykjavik", "Valparaiso", "Tbilisi", "Glasgow", "Ljubljana", "Winnipeg", "Geneva", "Manila", "Edinburgh", "Florence",
+    "Reykjavik", "Valparaiso", "Tbilisi", "Glasgow", "Ljubljana", "Winnipeg", "Geneva", "Manila", "Edinburgh", "Florence",  # noqa: E501
 ]
 MONTHS = [
     "January", "February", "March", "April", "May", "June",

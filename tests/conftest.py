@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.tiny import TINY_MODEL, write_tiny_adapter
 
 

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.helpers.parsing import parse
-from tests.helpers.tiny import tiny_args
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -21,6 +19,8 @@ from lit_lora import LoRAModule
 from lit_lora.artifacts.adapter_dir import BaseModelSpec
 from lit_lora.cli import main
 from lit_lora.model.loading import load_base_model, random_weights_folder
+from tests.helpers.parsing import parse
+from tests.helpers.tiny import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -60,7 +60,10 @@ def test_print_config_runs_again_unchanged(in_repo, tmp_path, capsys):
 def test_help_documents_every_option():
     out = subprocess.run(
         [sys.executable, "-m", "lit_lora", "fit", "--model.help", "lit_lora.LoRAModule"],
-        capture_output=True, text=True, check=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
     ).stdout
     assert "Rank of each update" in out  # lora.r's docstring
     assert "4-bit NormalFloat" in out  # quantization.mode's docstring
@@ -181,8 +184,14 @@ def test_validate_on_the_adapter_folder_reproduces_the_last_val_loss(fitted, tmp
     cli, root = fitted
     adapter = root / "adapter"
     logged = cli.trainer.callback_metrics["val/loss"].item()
-    args = ["--config", str(adapter / "training_config.yaml"), "--ckpt_path", str(adapter),
-            "--trainer.default_root_dir", str(tmp_path)]
+    args = [
+        "--config",
+        str(adapter / "training_config.yaml"),
+        "--ckpt_path",
+        str(adapter),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     validated = main(["validate", *args])
     assert validated.model.adapter_path == str(adapter)
     assert validated.trainer.callback_metrics["val/loss"].item() == pytest.approx(logged, rel=1e-6)
@@ -195,10 +204,14 @@ def test_training_starts_from_an_adapter_folder(fitted, tmp_path, in_repo):
     adapter = root / "adapter"
     saved = load_file(adapter / "adapter_model.safetensors")
     # The adapter's own shape wins over model.lora (r 4 here, 8 in the adapter).
-    run = main(tiny_args("fit", tmp_path, "--model.adapter_path", str(adapter), "--model.lora.r", "4",
-                         "--trainer.max_steps", "1"))
-    start = LoRAModule("assets/tiny-llama", random_init=True, quantization=cli.model.quantization,
-                       adapter_path=str(adapter))
+    run = main(
+        tiny_args(
+            "fit", tmp_path, "--model.adapter_path", str(adapter), "--model.lora.r", "4", "--trainer.max_steps", "1"
+        )
+    )
+    start = LoRAModule(
+        "assets/tiny-llama", random_init=True, quantization=cli.model.quantization, adapter_path=str(adapter)
+    )
     start.configure_model()
     weights = {n: p for n, p in start.model.named_parameters() if p.requires_grad}
     assert len(weights) == len(saved) > 0
@@ -261,15 +274,32 @@ def test_a_mix_of_two_sets_trains_from_yaml(tmp_path, in_repo):
     # The quickstart chats, and the same task as question/answer columns renamed on reading.
     chats = [json.loads(line) for line in Path("data/quickstart/train.jsonl").read_text().splitlines()[:40]]
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(
-        json.dumps({"question": row["messages"][-2]["content"], "answer": row["messages"][-1]["content"]}) + "\n"
-        for row in chats
-    ))
+    qa.write_text(
+        "".join(
+            json.dumps({"question": row["messages"][-2]["content"], "answer": row["messages"][-1]["content"]}) + "\n"
+            for row in chats
+        )
+    )
     mix = tmp_path / "mix.yaml"
-    mix.write_text(yaml.safe_dump({"data": {"init_args": {"train_file": None, "mix": [
-        {"path": "data/quickstart/train.jsonl", "weight": 3},
-        {"path": str(qa), "format": "prompt_completion", "fields": {"prompt": "question", "completion": "answer"}},
-    ]}}}))
+    mix.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "init_args": {
+                        "train_file": None,
+                        "mix": [
+                            {"path": "data/quickstart/train.jsonl", "weight": 3},
+                            {
+                                "path": str(qa),
+                                "format": "prompt_completion",
+                                "fields": {"prompt": "question", "completion": "answer"},
+                            },
+                        ],
+                    }
+                }
+            }
+        )
+    )
     run = main(tiny_args("fit", tmp_path / "run", "--config", str(mix), "--trainer.max_steps", "2"))
     assert run.trainer.global_step == 2
     assert run.datamodule.stats["train"].kept == 440

@@ -19,8 +19,17 @@ from lit_lora.data import ClassificationDataModule, SFTDataModule
 
 # ClassificationModule and PreferenceDataModule add no arguments to their parents'.
 CONFIGURABLE = [
-    LoRAModule, SFTDataModule, DPOModule, ClassificationDataModule, QuantizationSettings, LoRASettings, LRSchedule,
-    AdapterExport, GenerationPreview, PredictionWriter, TrainingDiagnostics,
+    LoRAModule,
+    SFTDataModule,
+    DPOModule,
+    ClassificationDataModule,
+    QuantizationSettings,
+    LoRASettings,
+    LRSchedule,
+    AdapterExport,
+    GenerationPreview,
+    PredictionWriter,
+    TrainingDiagnostics,
 ]
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.parsing import parse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,14 +83,29 @@ def commented(lines: list[str], index: int) -> bool:
 def defaults(tmp_path_factory, monkeypatch) -> dict:
     """lit_lora's configuration with nothing set but the required options."""
     monkeypatch.chdir(tmp_path_factory.mktemp("defaults"))
-    return flatten(parse_fit([
-        "fit", "--model", "lit_lora.LoRAModule", "--model.model_name_or_path", "base",
-        "--data", "lit_lora.data.SFTDataModule", "--data.train_file", "train.jsonl",
-        # The effective default optimizer (PagedAdamW8bit, lr 2e-4, no weight decay),
-        # written out so a recipe that spells it out is not counted as a change.
-        "--model.optimizer", "bitsandbytes.optim.PagedAdamW8bit",
-        "--model.optimizer.lr", "0.0002", "--model.optimizer.weight_decay", "0.0",
-    ]))
+    return flatten(
+        parse_fit(
+            [
+                "fit",
+                "--model",
+                "lit_lora.LoRAModule",
+                "--model.model_name_or_path",
+                "base",
+                "--data",
+                "lit_lora.data.SFTDataModule",
+                "--data.train_file",
+                "train.jsonl",
+                # The effective default optimizer (PagedAdamW8bit, lr 2e-4, no weight decay),
+                # written out so a recipe that spells it out is not counted as a change.
+                "--model.optimizer",
+                "bitsandbytes.optim.PagedAdamW8bit",
+                "--model.optimizer.lr",
+                "0.0002",
+                "--model.optimizer.weight_decay",
+                "0.0",
+            ]
+        )
+    )
 
 
 def test_there_is_a_recipe_per_task():
@@ -154,7 +170,11 @@ def test_recipes_differ_where_their_tasks_do(tmp_path, monkeypatch):
     optimizers = {name: config["model"]["init_args"]["optimizer"] for name, config in configs.items()}
     lr = {name: optimizer["init_args"]["lr"] if optimizer else 2e-4 for name, optimizer in optimizers.items()}
     assert {name: (lora[name]["r"], lora[name]["alpha"]) for name in lora} == {
-        "chat": (16, 32), "code": (32, 64), "domain": (64, 128), "classify": (8, 16), "classification": (8, 16),
+        "chat": (16, 32),
+        "code": (32, 64),
+        "domain": (64, 128),
+        "classify": (8, 16),
+        "classification": (8, 16),
         "dpo": (16, 32),  # unused: DPO continues the SFT adapter of model.adapter_path
     }
     assert lr == {"chat": 2e-4, "code": 1e-4, "domain": 5e-5, "classify": 3e-4, "classification": 2e-4, "dpo": 5e-5}

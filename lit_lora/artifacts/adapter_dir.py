@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
+from lit_lora.artifacts.source import check_model_source
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.artifacts.source import check_model_source
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINING_CONFIG = "training_config.yaml"

@@ -44,7 +44,10 @@ def training_config_text(trainer: Trainer, module: LightningModule) -> str:
             if "ckpt_path" in config:
                 config.ckpt_path = None
             return callback.parser.dump(config, skip_none=False)
-    model = {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": _plain(dict(module.hparams))}
+    model = {
+        "class_path": f"{type(module).__module__}.{type(module).__qualname__}",
+        "init_args": _plain(dict(module.hparams)),
+    }
     return yaml.safe_dump({"model": model}, sort_keys=False)
 
 
@@ -74,25 +77,49 @@ def model_card(trainer: Trainer, module: LightningModule, directory: Path) -> st
     optimizer = trainer.optimizers[0] if trainer.optimizers else None
     base = module.model_name_or_path + (f" (GGUF file `{module.gguf_file}`)" if module.gguf_file else "")
     tags = ["lit_lora", "lora"] + (["qlora"] if quantization.mode in ("nf4", "fp4") else [])
-    front = {"base_model": module.model_name_or_path, "library_name": "peft", "pipeline_tag": "text-generation", "tags": tags}
+    front = {
+        "base_model": module.model_name_or_path,
+        "library_name": "peft",
+        "pipeline_tag": "text-generation",
+        "tags": tags,
+    }
 
     rows = [
         ("Base model", base),
-        ("Base weights while training", f"{quantization.mode}" + (f", double quantization {quantization.double_quant}" if quantization.mode in ("nf4", "fp4") else "")),
+        (
+            "Base weights while training",
+            f"{quantization.mode}"
+            + (f", double quantization {quantization.double_quant}" if quantization.mode in ("nf4", "fp4") else ""),
+        ),
         ("LoRA rank / alpha / dropout", f"{peft.r} / {peft.lora_alpha} / {peft.lora_dropout}"),
         ("Target modules", _module_names(peft.target_modules)),
         ("Trained in full", ", ".join(sorted(peft.modules_to_save or [])) or "nothing"),
         ("DoRA / rsLoRA", f"{peft.use_dora} / {peft.use_rslora}"),
         ("Epochs / optimizer steps", f"{trainer.current_epoch} / {trainer.global_step}"),
-        ("Batch (micro x accumulation x devices)", f"{micro_batch} x {trainer.accumulate_grad_batches} x {trainer.world_size}"),
-        ("Optimizer, peak learning rate", f"{type(optimizer).__name__}, {optimizer.defaults.get('lr')}" if optimizer else "none"),
-        ("Schedule", f"{module.scheduler.kind}, warmup ratio {module.scheduler.warmup_ratio}, warmup steps {module.scheduler.warmup_steps}"),
+        (
+            "Batch (micro x accumulation x devices)",
+            f"{micro_batch} x {trainer.accumulate_grad_batches} x {trainer.world_size}",
+        ),
+        (
+            "Optimizer, peak learning rate",
+            f"{type(optimizer).__name__}, {optimizer.defaults.get('lr')}" if optimizer else "none",
+        ),
+        (
+            "Schedule",
+            f"{module.scheduler.kind}, warmup ratio {module.scheduler.warmup_ratio}, "
+            f"warmup steps {module.scheduler.warmup_steps}",
+        ),
         ("Precision", str(trainer.precision)),
         ("Max sequence length", str(getattr(data, "max_length", "n/a"))),
     ]
     metrics = _metrics(trainer)
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
-    lines += [f"# LoRA adapter for {module.model_name_or_path}", "", "Trained with lit_lora (PyTorch Lightning, PEFT, bitsandbytes).", ""]
+    lines += [
+        f"# LoRA adapter for {module.model_name_or_path}",
+        "",
+        "Trained with lit_lora (PyTorch Lightning, PEFT, bitsandbytes).",
+        "",
+    ]
     lines += ["## Training", "", "| Setting | Value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
     lines += ["## Final metrics", ""]
     lines += [f"- `{name}`: {value:.6g}" for name, value in metrics.items()] or ["No metrics were logged."]

@@ -27,7 +27,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("LIT_LORA_CACHE", Path.home() / ".cache" / "lit_lora"))
 
 
-def check_model_source(name_or_path: str, gguf_file: str | None = None, field: str = "model.model_name_or_path") -> None:
+def check_model_source(
+    name_or_path: str, gguf_file: str | None = None, field: str = "model.model_name_or_path"
+) -> None:
     """Fail fast, before any download or load, when a local model path cannot be right.
 
     Args:
@@ -54,7 +56,9 @@ def check_model_source(name_or_path: str, gguf_file: str | None = None, field: s
             "must be a file inside a local folder. Point it at the folder holding the .gguf file "
             "(scripts/quickstart.sh links SmolLM2's into models/smollm2/)."
         )
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.suffix in {".gguf", ".json"}
+    looks_local = (
+        name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.suffix in {".gguf", ".json"}
+    )
     if path.exists() or looks_local or not _HUB_ID.match(name_or_path):
         raise ConfigError(
             f"{field}: '{name_or_path}' is not a folder on this machine and not a hub id. "

@@ -10,8 +10,8 @@ from functools import cache
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lit_lora.errors import ConfigError
 from lit_lora.artifacts.source import resolve_model_folder
+from lit_lora.errors import ConfigError
 
 
 def tokenizer_source(

@@ -180,7 +180,9 @@ class TrainingDiagnostics(Callback):
         if grads and not bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()):
             self._diverged(trainer, "the gradients are NaN or Inf", stopped_before_update=True)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Runs after the module logged the step and before the checkpoint callbacks
         # (Lightning calls those last), so stopping here keeps this step out of them.
         if not self._stepped:
@@ -246,7 +248,9 @@ class TrainingDiagnostics(Callback):
         self._losses.append(loss)
         if self.flat_loss_steps and len(self._first_losses) < self.flat_loss_steps:
             self._first_losses.append(loss)
-            if len(self._first_losses) == self.flat_loss_steps and is_flat(self._first_losses, self.flat_loss_tolerance):
+            if len(self._first_losses) == self.flat_loss_steps and is_flat(
+                self._first_losses, self.flat_loss_tolerance
+            ):
                 lr = trainer.optimizers[0].param_groups[0]["lr"]
                 self._warn_once(
                     "flat_loss",
@@ -304,7 +308,9 @@ class TrainingDiagnostics(Callback):
         # The diverging step trained with the weights of the step before it, so those
         # are already bad; the newest good ones are from two steps back.
         step = trainer.global_step + stopped_before_update
-        message = f"training diverged at step {step}: {what}. {self._keep_last_good(trainer, step)} Try {', '.join(advice)}."
+        message = (
+            f"training diverged at step {step}: {what}. {self._keep_last_good(trainer, step)} Try {', '.join(advice)}."
+        )
         if not self.stop_on_divergence:
             self._warn_once("diverged", message)
             return

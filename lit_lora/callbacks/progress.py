@@ -37,7 +37,9 @@ class RunProgressBar(TQDMProgressBar):
         # A resumed run starts at a later step; only this run's steps give the pace.
         self._start = (time.monotonic(), trainer.global_step)
 
-    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+    def get_metrics(
+        self, trainer: Trainer, pl_module: LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
         """The bar's metrics under their short names, without the logger version, plus ``eta``."""
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)

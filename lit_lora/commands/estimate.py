@@ -33,14 +33,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
-from lit_lora.training.planning import (
-    SAFETY_FRACTION,
-    checkpointing_modes,
-    memory_verdict,
-    plan_batch,
-)
+from lit_lora.artifacts.source import check_model_source
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.errors import ConfigError
+from lit_lora.model.lora import LoRASettings
+from lit_lora.model.quantization import QuantizationSettings
+from lit_lora.model.replay import allows_selective
 from lit_lora.training.heap import launched_tuned
 from lit_lora.training.memory import (
     MemoryEstimate,
@@ -53,10 +51,12 @@ from lit_lora.training.memory import (
     meta_model,
     weight_file_bytes,
 )
-from lit_lora.model.lora import LoRASettings
-from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.model.replay import allows_selective
-from lit_lora.artifacts.source import check_model_source
+from lit_lora.training.planning import (
+    SAFETY_FRACTION,
+    checkpointing_modes,
+    memory_verdict,
+    plan_batch,
+)
 
 # GGUF models are dequantized into a float32 cache folder, and random_init writes
 # ``from_config``'s float32 weights: what loading then reads, per parameter.
@@ -91,15 +91,11 @@ class PeakEstimate:
     @property
     def fits(self) -> bool:
         """Whether the peak is within the share of the available memory a run may take."""
-        return memory_verdict(
-            self.total_bytes, self.available, "at its peak it needs about"
-        )[0]
+        return memory_verdict(self.total_bytes, self.available, "at its peak it needs about")[0]
 
     def table(self) -> str:
         """The components, the total, the device's free memory, and the verdict."""
-        verdict = memory_verdict(
-            self.total_bytes, self.available, "at its peak it needs about"
-        )[1]
+        verdict = memory_verdict(self.total_bytes, self.available, "at its peak it needs about")[1]
         return (
             f"estimated peak memory at batch_size {self.batch_size} x sequence length {self.length} (the "
             f"longest batch; data.max_length {self.max_length}) on "
@@ -113,14 +109,11 @@ class EstimateCLI(ConfigOnlyCLI):
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         description = "Predict the peak memory of a fit config before loading anything, and whether it fits."
-        return super().init_parser(
-            prog="python -m lit_lora estimate", description=description, **kwargs
-        )
+        return super().init_parser(prog="python -m lit_lora estimate", description=description, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         # The arguments are the program's (less ``estimate``), not LightningCLI's extra ones.
         self.config = parser.parse_args(args)
-
 
 
 def base_config(model: Namespace) -> Any:
@@ -138,13 +131,9 @@ def base_config(model: Namespace) -> Any:
     # The checks LoRAModule makes, with the same messages.
     check_model_source(model.model_name_or_path, model.gguf_file)
     if model.tokenizer_name_or_path is not None:
-        check_model_source(
-            model.tokenizer_name_or_path, field="model.tokenizer_name_or_path"
-        )
+        check_model_source(model.tokenizer_name_or_path, field="model.tokenizer_name_or_path")
     if model.random_init and model.gguf_file is not None:
-        raise ConfigError(
-            "model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file."
-        )
+        raise ConfigError("model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file.")
     if model.adapter_path is not None:
         check_adapter_dir(model.adapter_path, "model.adapter_path")
     folder = Path(model.model_name_or_path).expanduser()
@@ -179,10 +168,7 @@ def source_bytes(model: Namespace, config: Any, total_params: int) -> int:
         return weight_file_bytes(folder)
     # A hub id: the checkpoint's dtype, as published.
     dtype = getattr(config, "dtype", None) or torch.float32
-    return (
-        total_params
-        * (getattr(torch, dtype) if isinstance(dtype, str) else dtype).itemsize
-    )
+    return total_params * (getattr(torch, dtype) if isinstance(dtype, str) else dtype).itemsize
 
 
 def adapter_config(model: Namespace) -> Any:
@@ -228,9 +214,7 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         trainable,
     )
     total_params = shape.quantizable_params + shape.other_params
-    loading = loading_bytes(
-        source_bytes(model, peft_model.config, total_params), total_params, quantization
-    )
+    loading = loading_bytes(source_bytes(model, peft_model.config, total_params), total_params, quantization)
     # The data last: its tokenizer comes from the model source checked above.
     length, sequences = longest_batch(config.data)
     cuda = uses_cuda(config.trainer)

@@ -32,12 +32,12 @@ from lit_lora.artifacts.adapter_dir import (
     trained_quantization,
     trained_template,
 )
+from lit_lora.artifacts.tokenizer import load_tokenizer
 from lit_lora.data.render import has_chat_template, resolve_template
 from lit_lora.errors import ConfigError
 from lit_lora.eval_tasks import TASKS_DIR
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.artifacts.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
@@ -109,19 +109,13 @@ def evaluate(
     """
     names = task_names(tasks)
     check_settings(num_fewshot, limit, batch_size, output)
-    adapter_dir = (
-        check_adapter_dir(adapter, "--adapter") if adapter is not None else None
-    )
+    adapter_dir = check_adapter_dir(adapter, "--adapter") if adapter is not None else None
     task_manager = build_task_manager(include_path)
     check_task_names(names, task_manager)
     spec = base_spec([adapter_dir] if adapter_dir is not None else [], base, gguf_file)
     tokenizer = load_tokenizer(*adapter_tokenizer_source(adapter_dir, spec))
     chat = resolve_chat_template(apply_chat_template, tokenizer, adapter_dir)
-    trained = (
-        trained_quantization(adapter_dir)
-        if adapter_dir is not None
-        else QuantizationSettings(mode="none")
-    )
+    trained = trained_quantization(adapter_dir) if adapter_dir is not None else QuantizationSettings(mode="none")
     quantization = trained if quantized else replace(trained, mode="none")
     model = load_model(adapter_dir, spec, quantization)
 
@@ -193,9 +187,7 @@ def task_names(tasks: list[str] | str) -> list[str]:
     entries = tasks.split(",") if isinstance(tasks, str) else tasks
     names = [name.strip() for name in entries if name.strip()]
     if not names:
-        raise ConfigError(
-            "--tasks: no task given. Name at least one, such as --tasks lit_lora_json_extraction."
-        )
+        raise ConfigError("--tasks: no task given. Name at least one, such as --tasks lit_lora_json_extraction.")
     return names
 
 
@@ -214,9 +206,7 @@ def check_settings(
         output: The results file.
     """
     if num_fewshot is not None and num_fewshot < 0:
-        raise ConfigError(
-            f"--num_fewshot: {num_fewshot} is negative; use 0 or more, or leave it unset."
-        )
+        raise ConfigError(f"--num_fewshot: {num_fewshot} is negative; use 0 or more, or leave it unset.")
     if limit is not None and not limit > 0:
         raise ConfigError(
             f"--limit: {limit:g} scores no document; use a count, a fraction in (0, 1), or leave it unset."
@@ -245,9 +235,7 @@ def build_task_manager(include_path: list[str] | str | None) -> TaskManager:
             f"evaluate needs EleutherAI's lm-evaluation-harness, which is not installed ({error}). "
             f"Install lit_lora's eval extra: {INSTALL_HINT}"
         ) from None
-    folders = (
-        [include_path] if isinstance(include_path, str) else list(include_path or [])
-    )
+    folders = [include_path] if isinstance(include_path, str) else list(include_path or [])
     for folder in folders:
         if not Path(folder).expanduser().is_dir():
             raise ConfigError(
@@ -348,15 +336,9 @@ def format_table(runs: dict[str, dict[str, Any]]) -> str:
                 arrow = {True: " ↑", False: " ↓"}.get(better.get(metric), "")
                 rows.setdefault((task, label + arrow), {})[run] = format_score(value)
     header = ["task", "metric", *runs]
-    table = [header] + [
-        [task, label, *(cells.get(run, "-") for run in runs)]
-        for (task, label), cells in rows.items()
-    ]
+    table = [header] + [[task, label, *(cells.get(run, "-") for run in runs)] for (task, label), cells in rows.items()]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-        for row in table
-    ]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -367,11 +349,7 @@ def format_score(value: Any) -> str:
     Args:
         value: One metric value from lm-eval's results.
     """
-    if (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    ):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return f"{value:.4f}"
     return str(value)
 
@@ -387,9 +365,5 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # lm-eval's results hold numpy numbers and other objects json cannot write as such.
-    path.write_text(
-        json.dumps(
-            report, indent=2, ensure_ascii=False, default=handle_non_serializable
-        )
-    )
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=handle_non_serializable))
     print(f"lit_lora: results written to {path}")

@@ -91,9 +91,7 @@ class Prompt:
     def display(self) -> str:
         """The prompt as printed: its text, or one ``role: content`` line per turn."""
         if self.format == "messages":
-            return "\n".join(
-                f"{turn['role']}: {turn['content']}" for turn in self.value
-            )
+            return "\n".join(f"{turn['role']}: {turn['content']}" for turn in self.value)
         return self.value
 
 
@@ -214,9 +212,7 @@ def generate(
     print(format_comparison(requests, records))
     if output_path is not None:
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_text(
-            "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        )
+        output_path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     return records
 
 
@@ -237,15 +233,12 @@ def check_adapters(adapters: list[str]) -> list[Path]:
     """
     if not adapters:
         raise ConfigError(
-            "--adapters: no adapter folder is given. Fix: pass --adapters DIR, "
-            "or --adapters+ DIR once per adapter."
+            "--adapters: no adapter folder is given. Fix: pass --adapters DIR, or --adapters+ DIR once per adapter."
         )
     return [check_adapter_dir(path, "--adapters") for path in adapters]
 
 
-def check_numbers(
-    max_new_tokens: int, batch_size: int, temperature: float, top_p: float
-) -> None:
+def check_numbers(max_new_tokens: int, batch_size: int, temperature: float, top_p: float) -> None:
     """Fail when a numeric option is out of range.
 
     Args:
@@ -259,19 +252,13 @@ def check_numbers(
         ("--batch_size", batch_size),
     ):
         if value < 1:
-            raise ConfigError(
-                f"{option}: {value} is below 1. Fix: set it to at least 1."
-            )
+            raise ConfigError(f"{option}: {value} is below 1. Fix: set it to at least 1.")
     if temperature <= 0:
         raise ConfigError(
-            f"--temperature: {temperature} is not above 0. Fix: use e.g. 0.7, "
-            "or leave --sample off for greedy answers."
+            f"--temperature: {temperature} is not above 0. Fix: use e.g. 0.7, or leave --sample off for greedy answers."
         )
     if not 0 < top_p <= 1:
-        raise ConfigError(
-            f"--top_p: {top_p} is outside (0, 1]. "
-            "Fix: use e.g. 0.9, or 1 to keep every token."
-        )
+        raise ConfigError(f"--top_p: {top_p} is outside (0, 1]. Fix: use e.g. 0.9, or 1 to keep every token.")
 
 
 def check_device(device: str | None) -> torch.device:
@@ -285,13 +272,9 @@ def check_device(device: str | None) -> torch.device:
     try:
         target = torch.device(device)
     except RuntimeError:
-        raise ConfigError(
-            f"--device: '{device}' is no device. Fix: use cpu, cuda or cuda:N."
-        ) from None
+        raise ConfigError(f"--device: '{device}' is no device. Fix: use cpu, cuda or cuda:N.") from None
     if target.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"--device: '{device}', but this machine has no CUDA device. Fix: use cpu."
-        )
+        raise ConfigError(f"--device: '{device}', but this machine has no CUDA device. Fix: use cpu.")
     return target
 
 
@@ -305,15 +288,11 @@ def check_output(output: str | None) -> Path | None:
         return None
     path = Path(output).expanduser()
     if path.is_dir():
-        raise ConfigError(
-            f"--output: '{output}' is a folder. Fix: name a file, e.g. {path / 'answers.jsonl'}."
-        )
+        raise ConfigError(f"--output: '{output}' is a folder. Fix: name a file, e.g. {path / 'answers.jsonl'}.")
     return path
 
 
-def shared_base(
-    adapters: list[Path], base: str | None, gguf_file: str | None, quantized: bool
-) -> BaseModelSpec:
+def shared_base(adapters: list[Path], base: str | None, gguf_file: str | None, quantized: bool) -> BaseModelSpec:
     """The base to load every adapter onto, stored as ``quantized`` says.
 
     Without ``--base``, all adapters must record the same base (and, when loading it
@@ -346,9 +325,7 @@ def shared_base(
     if not quantized:
         return dataclasses.replace(
             spec,
-            quantization=QuantizationSettings(
-                mode="none", compute_dtype=trained[0].compute_dtype
-            ),
+            quantization=QuantizationSettings(mode="none", compute_dtype=trained[0].compute_dtype),
         )
     for adapter, settings in zip(adapters[1:], trained[1:], strict=True):
         if settings != trained[0]:
@@ -412,10 +389,7 @@ def read_prompt_file(prompt_file: str) -> list[Prompt]:
     path = Path(prompt_file).expanduser()
     if not path.is_file():
         what = "does not exist" if not path.exists() else "is not a file"
-        raise ConfigError(
-            f"--prompt_file: '{prompt_file}' {what}. "
-            "Fix: point it at a .txt or .jsonl file of prompts."
-        )
+        raise ConfigError(f"--prompt_file: '{prompt_file}' {what}. Fix: point it at a .txt or .jsonl file of prompts.")
     if path.suffix.lower() not in PROMPT_FILE_SUFFIXES:
         raise ConfigError(
             f"--prompt_file: '{prompt_file}' is neither .txt nor .jsonl. Fix: write one "
@@ -426,21 +400,14 @@ def read_prompt_file(prompt_file: str) -> list[Prompt]:
     if path.suffix.lower() == ".txt":
         prompts = [Prompt("prompt_completion", line) for line in lines if line.strip()]
     else:
-        prompts = [
-            _jsonl_prompt(line, f"--prompt_file '{prompt_file}', line {n}")
-            for n, line in _numbered(lines)
-        ]
+        prompts = [_jsonl_prompt(line, f"--prompt_file '{prompt_file}', line {n}") for n, line in _numbered(lines)]
     if not prompts:
-        raise ConfigError(
-            f"--prompt_file: '{prompt_file}' holds no prompt. Fix: add prompts, one per line."
-        )
+        raise ConfigError(f"--prompt_file: '{prompt_file}' holds no prompt. Fix: add prompts, one per line.")
     return prompts
 
 
 def _numbered(lines: list[str]) -> Iterator[tuple[int, str]]:
-    return (
-        (number, line) for number, line in enumerate(lines, start=1) if line.strip()
-    )
+    return ((number, line) for number, line in enumerate(lines, start=1) if line.strip())
 
 
 def _jsonl_prompt(line: str, where: str) -> Prompt:
@@ -448,9 +415,7 @@ def _jsonl_prompt(line: str, where: str) -> Prompt:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"{where}: not valid JSON ({error}). Fix: write one JSON object per line."
-        ) from None
+        raise ConfigError(f"{where}: not valid JSON ({error}). Fix: write one JSON object per line.") from None
     if not isinstance(row, dict) or not {"prompt", "messages"} & row.keys():
         raise ConfigError(
             f"{where}: the row has no 'prompt' or 'messages' field. Fix: write rows such as "
@@ -459,9 +424,7 @@ def _jsonl_prompt(line: str, where: str) -> Prompt:
     try:
         if "messages" in row:
             return _messages_prompt(row["messages"])
-        reference = (
-            text_field(row, "completion") if row.get("completion") is not None else None
-        )
+        reference = text_field(row, "completion") if row.get("completion") is not None else None
         return Prompt("prompt_completion", text_field(row, "prompt"), reference)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
@@ -470,9 +433,7 @@ def _jsonl_prompt(line: str, where: str) -> Prompt:
 def _messages_prompt(messages: Any) -> Prompt:
     """Turns as a prompt; a final assistant turn is its reference, not part of it."""
     stand_in = {"role": "assistant", "content": _STAND_IN_REPLY}
-    turns = check_messages(
-        [*messages, stand_in] if isinstance(messages, list) else messages
-    )[:-1]
+    turns = check_messages([*messages, stand_in] if isinstance(messages, list) else messages)[:-1]
     reference = None
     if turns and turns[-1]["role"] == "assistant":
         reference = turns.pop()["content"]
@@ -512,15 +473,9 @@ def encode_prompts(
     ):
         # The data module reads one format per file: one file per format, order kept by index.
         for format in dict.fromkeys(prompt.format for prompt in prompts):
-            indices = [
-                index for index, prompt in enumerate(prompts) if prompt.format == format
-            ]
+            indices = [index for index, prompt in enumerate(prompts) if prompt.format == format]
             path = Path(folder) / f"{format}.jsonl"
-            path.write_text(
-                "".join(
-                    json.dumps(prompts[index].data_row()) + "\n" for index in indices
-                )
-            )
+            path.write_text("".join(json.dumps(prompts[index].data_row()) + "\n" for index in indices))
             data = SFTDataModule(
                 train_file=str(path),
                 predict_file=str(path),
@@ -530,9 +485,7 @@ def encode_prompts(
                 tokenizer_name_or_path=name_or_path,
                 gguf_file=gguf_file,
             )
-            for index, example in zip(
-                indices, data.prompt_examples("predict"), strict=True
-            ):
+            for index, example in zip(indices, data.prompt_examples("predict"), strict=True):
                 examples[index] = example
             tokenizer = data.tokenizer
     return examples, tokenizer
@@ -567,14 +520,10 @@ def name_variants(adapters: list[Path], include_base: bool) -> list[Variant]:
     paths = [adapter.resolve() for adapter in adapters]
     for index, path in enumerate(paths):
         if path in paths[:index]:
-            raise ConfigError(
-                f"--adapters: '{adapters[index]}' is given twice. Fix: give each adapter once."
-            )
+            raise ConfigError(f"--adapters: '{adapters[index]}' is given twice. Fix: give each adapter once.")
     reserved = [BASE_LABEL] if include_base else []
     labels = [_label(path, [p for p in paths if p != path], reserved) for path in paths]
-    variants = [
-        Variant(label, f"variant_{index}") for index, label in enumerate(labels)
-    ]
+    variants = [Variant(label, f"variant_{index}") for index, label in enumerate(labels)]
     return variants + [Variant(BASE_LABEL, None)] if include_base else variants
 
 
@@ -586,8 +535,7 @@ def _label(path: Path, others: list[Path], reserved: list[str]) -> str:
     return next(
         _tail(path, depth)
         for depth in range(1, len(path.parts) + 1)
-        if _tail(path, depth)
-        not in reserved + [_tail(other, depth) for other in others]
+        if _tail(path, depth) not in reserved + [_tail(other, depth) for other in others]
     )
 
 
@@ -657,9 +605,7 @@ def answer_with(
 
 
 # ---------------------------------------------------------------------- output
-def format_comparison(
-    prompts: Sequence[Prompt], records: Sequence[dict[str, Any]]
-) -> str:
+def format_comparison(prompts: Sequence[Prompt], records: Sequence[dict[str, Any]]) -> str:
     """Each prompt, then one labelled answer per variant and the reference when known.
 
     Args:
@@ -667,9 +613,7 @@ def format_comparison(
         records: Their records, with ``answers`` (label -> answer) and maybe ``reference``.
     """
     blocks = []
-    for number, (prompt, record) in enumerate(
-        zip(prompts, records, strict=True), start=1
-    ):
+    for number, (prompt, record) in enumerate(zip(prompts, records, strict=True), start=1):
         lines = [f"=== prompt {number} of {len(prompts)} ===", prompt.display()]
         for label, answer in record["answers"].items():
             lines += [f"--- {label} ---", answer]

@@ -22,10 +22,10 @@ from lit_lora.artifacts.adapter_dir import (
     check_adapter_dir,
     trained_quantization,
 )
+from lit_lora.artifacts.tokenizer import load_tokenizer
 from lit_lora.errors import ConfigError
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.artifacts.tokenizer import load_tokenizer
 
 
 def merge(
@@ -111,9 +111,7 @@ def check_shard_size(max_shard_size: str) -> None:
         # The parser save_pretrained uses; an empty state dict makes it only parse.
         split_torch_state_dict_into_shards({}, max_shard_size=max_shard_size)
     except ValueError as error:
-        raise ConfigError(
-            f"--max_shard_size: {error} Write a size such as '5GB' or '500MB'."
-        ) from None
+        raise ConfigError(f"--max_shard_size: {error} Write a size such as '5GB' or '500MB'.") from None
 
 
 def check_full_precision(folder: str) -> None:
@@ -122,9 +120,7 @@ def check_full_precision(folder: str) -> None:
     Loading it would give quantized weights, which PEFT dequantizes, updates and
     quantizes again; the merge needs the full-precision checkpoint instead.
     """
-    quantization = (
-        AutoConfig.from_pretrained(folder).to_dict().get("quantization_config")
-    )
+    quantization = AutoConfig.from_pretrained(folder).to_dict().get("quantization_config")
     if quantization is not None:
         method = quantization.get("quant_method")
         raise ConfigError(
@@ -132,5 +128,3 @@ def check_full_precision(folder: str) -> None:
             "them rounds much of the adapter's update away. Pass --base with the "
             "full-precision model (the one the quantized checkpoint was made from)."
         )
-
-

@@ -36,9 +36,7 @@ TRAINED_COLOR = ("\x1b[32m", "\x1b[0m")  # ANSI green, then reset
 STATS_SPLITS: tuple[PreviewSplit, ...] = ("train", "validation", "test")
 
 
-def highlight(
-    tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int], labels: Sequence[int], color: bool
-) -> str:
+def highlight(tokenizer: PreTrainedTokenizerBase, input_ids: Sequence[int], labels: Sequence[int], color: bool) -> str:
     """Decode an example with its trained tokens (a label other than -100) marked.
 
     Each run of trained or untrained tokens is the text that decoding the whole
@@ -105,7 +103,9 @@ def preview(
             f"=== {split} example {index + 1} of {len(examples)}: {len(example['input_ids'])} tokens, "
             f"{trained} trained ({legend}) ==="
         )
-        blocks.append(f"{header}\n{highlight(datamodule.tokenizer, example['input_ids'], example['labels'], use_color)}")
+        blocks.append(
+            f"{header}\n{highlight(datamodule.tokenizer, example['input_ids'], example['labels'], use_color)}"
+        )
     # Reading a split fills in its statistics. A split without data of its own (test
     # without data.test_file reads the validation data) has none, and is left out.
     for other in STATS_SPLITS:

@@ -2,7 +2,6 @@
 
 from lit_lora.data.classification import ClassificationDataModule
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
-from lit_lora.data.sft import SFTDataModule
 from lit_lora.data.encode import IGNORE_INDEX, Example, encode_segments, sequence_prefix
 from lit_lora.data.files import check_data_path, load_split
 from lit_lora.data.formats import (
@@ -13,6 +12,7 @@ from lit_lora.data.formats import (
 )
 from lit_lora.data.preference import PairCollator, PreferenceDataModule
 from lit_lora.data.render import Segment, render_chat, resolve_template
+from lit_lora.data.sft import SFTDataModule
 
 __all__ = [
     "FORMAT_COLUMNS",

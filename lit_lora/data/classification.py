@@ -13,13 +13,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_lora.artifacts.tokenizer import load_data_tokenizer
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.files import check_split_files, load_split
 from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.errors import ConfigError
-from lit_lora.artifacts.tokenizer import load_data_tokenizer
 
 Split = Literal["train", "validation", "test", "predict"]
 _STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
@@ -206,7 +206,9 @@ class ClassificationDataModule(LightningDataModule):
         examples = self.dataset("train")
         return ResumableDataLoader(
             examples,
-            batch_sampler=ResumableBatchSampler(EpochShuffleSampler(len(examples), self.seed), self.batch_size, drop_last=False),
+            batch_sampler=ResumableBatchSampler(
+                EpochShuffleSampler(len(examples), self.seed), self.batch_size, drop_last=False
+            ),
             collate_fn=ClassificationCollator(self.tokenizer.pad_token_id),
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed),
@@ -319,7 +321,9 @@ class ClassificationDataModule(LightningDataModule):
         for index, row in enumerate(rows):
             text = row[self.text_field]
             if not isinstance(text, str) or not text.strip():
-                raise ConfigError(f"{field} '{value}', {row_location(value, index)}: '{self.text_field}' is empty or not text.")
+                raise ConfigError(
+                    f"{field} '{value}', {row_location(value, index)}: '{self.text_field}' is empty or not text."
+                )
             if not has_labels:
                 labels.append(-1)
                 continue

@@ -47,9 +47,7 @@ def check_text(path: Path, source: str) -> None:
                 ) from None
             blank = blank and not line.strip()
     if blank:
-        raise ConfigError(
-            f"{source}: the file is empty (or only blank lines). Fix: point it at a file with examples."
-        )
+        raise ConfigError(f"{source}: the file is empty (or only blank lines). Fix: point it at a file with examples.")
 
 
 def check_csv_fields(path: Path, source: str) -> None:

@@ -80,9 +80,7 @@ def check_format_name(
         ConfigError: The name is neither ``"auto"`` nor a key of ``format_columns``.
     """
     if name != "auto" and name not in format_columns:
-        raise ConfigError(
-            f"{field}: unknown format '{name}'. Fix: use 'auto' or one of {', '.join(format_columns)}."
-        )
+        raise ConfigError(f"{field}: unknown format '{name}'. Fix: use 'auto' or one of {', '.join(format_columns)}.")
 
 
 def resolve_format(

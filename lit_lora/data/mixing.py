@@ -115,7 +115,9 @@ class MixSampler(Sampler[int]):
         num_samples: Examples per epoch; unset uses the sum of ``sizes``.
     """
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int, num_samples: int | None = None) -> None:
+    def __init__(
+        self, sizes: Sequence[int], weights: Sequence[float], seed: int, num_samples: int | None = None
+    ) -> None:
         if len(sizes) != len(weights) or not sizes:
             raise ValueError("MixSampler needs one weight per set, and at least one set.")
         if any(w <= 0 for w in weights) or any(s <= 0 for s in sizes):
@@ -140,7 +142,11 @@ class MixSampler(Sampler[int]):
         for index, size in enumerate(self.sizes):
             wanted = int((choice == index).sum())
             rounds = -(-wanted // size)  # ceil: whole shuffled passes over the set
-            order = torch.cat([torch.randperm(size, generator=generator) for _ in range(rounds)]) if rounds else torch.empty(0, dtype=torch.long)
+            order = (
+                torch.cat([torch.randperm(size, generator=generator) for _ in range(rounds)])
+                if rounds
+                else torch.empty(0, dtype=torch.long)
+            )
             picks.append(order[:wanted] + offsets[index])
         # Put each set's picks where the draw placed that set: position order is random.
         indices = torch.empty(self.num_samples, dtype=torch.long)

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from lit_lora.data.collate import SFTCollator
-from lit_lora.data.sft import SFTDataModule
 from lit_lora.data.encode import Example
 from lit_lora.data.formats import (
     Conversation,
@@ -14,6 +13,7 @@ from lit_lora.data.formats import (
     response_field,
     text_field,
 )
+from lit_lora.data.sft import SFTDataModule
 from lit_lora.data.stats import token_lengths
 from lit_lora.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""The training order: a new shuffle every epoch, reproducible from the seed and the epoch, optionally grouped by length."""
+"""The training order: a new shuffle every epoch, reproducible from seed and epoch, optionally grouped by length."""
 
 from __future__ import annotations
 

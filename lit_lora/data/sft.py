@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_lora.artifacts.tokenizer import load_data_tokenizer, one_thread_per_process
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.encode import Example, encode_segments, sequence_prefix
@@ -50,7 +51,6 @@ from lit_lora.data.sampler import EpochShuffleSampler, LengthGroupedSampler
 from lit_lora.data.split import holdout_split
 from lit_lora.data.stats import SplitStats, format_stats, split_stats, token_lengths
 from lit_lora.errors import ConfigError
-from lit_lora.artifacts.tokenizer import load_data_tokenizer, one_thread_per_process
 
 Split = Literal["train", "validation", "test", "predict"]
 
@@ -340,8 +340,13 @@ class SFTDataModule(LightningDataModule):
         if self.mix:
             sampler = MixSampler(self._mix_sizes, [source.weight for source in self.mix], self.seed)
         elif self.packing:
-            sampler = PackingSampler(token_lengths(examples).tolist(), self.max_length, self.seed, split=self.packing_split)
-            dataset, collate = PackedDataset(examples), PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+            sampler = PackingSampler(
+                token_lengths(examples).tolist(), self.max_length, self.seed, split=self.packing_split
+            )
+            dataset, collate = (
+                PackedDataset(examples),
+                PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of),
+            )
         elif self.group_by_length:
             sampler = LengthGroupedSampler(token_lengths(examples).tolist(), self.batch_size, self.seed)
         else:
@@ -519,7 +524,12 @@ class SFTDataModule(LightningDataModule):
         self._splits["train"] = train
 
     def _read(
-        self, field: str, value: str, default_split: str, format: str | None = None, fields: dict[str, str] | None = None
+        self,
+        field: str,
+        value: str,
+        default_split: str,
+        format: str | None = None,
+        fields: dict[str, str] | None = None,
     ) -> _Part:
         """Load a file, rename its columns, check its format and tokenize all its rows.
 

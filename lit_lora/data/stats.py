@@ -114,7 +114,9 @@ def format_stats(stats: Mapping[str, SplitStats]) -> str:
     widths = [max(len(row[column]) for row in table) for column in range(len(header))]
     # The split name reads best left-aligned, the numbers right-aligned.
     lines = [
-        "  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)])
+        "  ".join(
+            [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        )
         for row in table
     ]
     legend = [

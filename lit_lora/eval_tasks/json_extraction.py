@@ -36,19 +36,12 @@ def load_docs(**metadata: Any) -> DatasetDict:
             ``custom_dataset`` function; not used.
     """
     lines = DATA_FILE.read_text(encoding="utf-8").splitlines()
-    conversations = [
-        to_conversation(json.loads(line), "messages") for line in lines if line.strip()
-    ]
-    docs = [
-        {"prompt": user["content"], "answer": assistant["content"]}
-        for *_, user, assistant in conversations
-    ]
+    conversations = [to_conversation(json.loads(line), "messages") for line in lines if line.strip()]
+    docs = [{"prompt": user["content"], "answer": assistant["content"]} for *_, user, assistant in conversations]
     return DatasetDict({"test": Dataset.from_list(docs)})
 
 
-def score_answer(
-    doc: dict[str, str], results: list[tuple[float, bool]]
-) -> dict[str, Any]:
+def score_answer(doc: dict[str, str], results: list[tuple[float, bool]]) -> dict[str, Any]:
     """Scores of one log-likelihood request: the answer given the prompt.
 
     Args:

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 from lit_lora.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from lit_lora.model.base import LoRAModule
     from lit_lora.model.classification import ClassificationModule
     from lit_lora.model.lora import LoRASettings
-    from lit_lora.model.base import LoRAModule
     from lit_lora.model.preference import DPOModule
     from lit_lora.model.quantization import QuantizationSettings
 

@@ -18,10 +18,10 @@ from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
-from lit_lora.training.planning import check_memory
+from lit_lora.artifacts.source import check_model_source
+from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
 from lit_lora.errors import ConfigError
 from lit_lora.model.generation import end_token_ids, generate_texts
-from lit_lora.training.heap import trim_before_layers
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.loss import head_loss_sum, token_loss_sum
@@ -33,6 +33,7 @@ from lit_lora.model.replay import (
     use_replay_dropout,
     use_replay_linears,
 )
+from lit_lora.training.heap import trim_before_layers
 from lit_lora.training.optim import (
     LRSchedule,
     default_optimizer,
@@ -40,9 +41,8 @@ from lit_lora.training.optim import (
     resync_learning_rates,
     scale_group_learning_rates,
 )
+from lit_lora.training.planning import check_memory
 from lit_lora.training.rng import rng_states, set_rng_states
-from lit_lora.artifacts.source import check_model_source
-from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
 
 # Checkpoints store the constructor's settings as hyperparameters; allow these
 # dataclasses through torch.load's default weights-only unpickler.
@@ -198,9 +198,13 @@ class LoRAModule(LightningModule):
         checkpointing = self.gradient_checkpointing if self.gradient_checkpointing != "auto" else False
         if self._trainer is not None:
             _, checkpointing = check_memory(
-                self.trainer, self.model, self.quantization, self.gradient_checkpointing, self.optimizer_factory,
+                self.trainer,
+                self.model,
+                self.quantization,
+                self.gradient_checkpointing,
+                self.optimizer_factory,
                 selective,
-            )  # fmt: skip
+            )
         if self._trainer is not None and str(self.trainer.precision).endswith("-mixed"):
             self.skip_adapter_input_casts()
         cpu = next(self.model.parameters()).device.type == "cpu"
@@ -308,7 +312,12 @@ class LoRAModule(LightningModule):
             )
         # transformers derives the packed-sequence mask from position_ids only without a
         # KV cache, and a model may have use_cache on in its config.
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": False,
+        }
 
     def _head_is_separable(self) -> bool:
         """Whether the logits are the output head applied to :meth:`hidden_states`.
@@ -418,13 +427,17 @@ class LoRAModule(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         """Generate an answer for each prompt of a left-padded prompt batch."""
         texts = self.generate(batch["input_ids"], batch["attention_mask"])
-        prompts = [self.tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        prompts = [
+            self.tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])
+        ]
         return [
             {"prompt": prompt, "prediction": text, "reference": reference}
             for prompt, text, reference in zip(prompts, texts, batch["reference"])
         ]
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | None = None) -> list[str]:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int | None = None
+    ) -> list[str]:
         """Greedy continuations of left-padded prompts with the current adapter, each ending
         at EOS or at the chat template's end-of-turn token.
 
@@ -447,10 +460,15 @@ class LoRAModule(LightningModule):
         optimizer = self.optimizer_factory(groups)
         scale_group_learning_rates(optimizer)
         # The settings from this run's config, which win over a resumed checkpoint's.
-        self._configured_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        self._configured_groups = [
+            {k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups
+        ]
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
-            raise ConfigError("trainer: the run has no end; set trainer.max_epochs or trainer.max_steps so the schedule knows its length.")
+            raise ConfigError(
+                "trainer: the run has no end; set trainer.max_epochs or trainer.max_steps so the schedule "
+                "knows its length."
+            )
         scheduler = self.scheduler.build(optimizer, int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -486,7 +504,10 @@ class LoRAModule(LightningModule):
         if scheduler is not None:
             scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         if changes:
-            rank_zero_info(f"lit_lora: resuming with this config's optimizer settings, not the checkpoint's: {', '.join(sorted(changes))}")
+            rank_zero_info(
+                "lit_lora: resuming with this config's optimizer settings, not the checkpoint's: "
+                f"{', '.join(sorted(changes))}"
+            )
 
     def chance_loss(self) -> float:
         """The loss of guessing every token uniformly, ``ln(vocabulary size)`` nats.

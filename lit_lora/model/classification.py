@@ -16,8 +16,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from lit_lora.errors import ConfigError
-from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.base import LoRAModule
+from lit_lora.model.loading import base_model_folder, load_base_model
 
 # Written next to the adapter: the class names in id order.
 LABELS_FILE = "labels.json"

@@ -59,18 +59,10 @@ def end_of_turn_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     # The last segment is the trained one: the reply and the end-of-turn text after it.
     reply = render_chat(conversation, tokenizer)[-1].text
     tail = reply[reply.index(_PROBE) + len(_PROBE) :]
-    special = {
-        index
-        for index, token in tokenizer.added_tokens_decoder.items()
-        if token.special
-    }
+    special = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
     special.update(tokenizer.all_special_ids)
     return next(
-        (
-            index
-            for index in tokenizer(tail, add_special_tokens=False)["input_ids"]
-            if index in special
-        ),
+        (index for index in tokenizer(tail, add_special_tokens=False)["input_ids"] if index in special),
         None,
     )
 
@@ -122,9 +114,7 @@ def generate_texts(
     if sampling is not None:
         options.update(temperature=sampling.temperature, top_p=sampling.top_p)
     if stop_token_ids is not None:
-        options["eos_token_id"] = list(
-            dict.fromkeys([*_model_eos_ids(model), *stop_token_ids])
-        )
+        options["eos_token_id"] = list(dict.fromkeys([*_model_eos_ids(model), *stop_token_ids]))
     was_training = model.training
     model.eval()
     # Sampling draws from the global generator; forking it keeps the caller's random
@@ -145,9 +135,7 @@ def generate_texts(
             )
     finally:
         model.train(was_training)
-    return tokenizer.batch_decode(
-        output[:, input_ids.size(1) :], skip_special_tokens=True
-    )
+    return tokenizer.batch_decode(output[:, input_ids.size(1) :], skip_special_tokens=True)
 
 
 def answer_prompts(

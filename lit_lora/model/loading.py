@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
 from lit_lora.artifacts.source import cache_root, cached_folder, resolve_model_folder
+from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
 
 
 def base_model_folder(model_name_or_path: str, gguf_file: str | None, random_init: bool, seed: int) -> str:

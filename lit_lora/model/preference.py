@@ -1,4 +1,4 @@
-"""Preference tuning with DPO (sigmoid or IPO loss), the reference model being the same model without the trained adapter."""
+"""Preference tuning with DPO (sigmoid or IPO loss); the reference is the same model without the trained adapter."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from peft import PeftModel
 from torchmetrics.aggregation import MeanMetric
 
 from lit_lora.errors import ConfigError
-from lit_lora.model.loss import sequence_log_probs
 from lit_lora.model.base import LoRAModule
+from lit_lora.model.loss import sequence_log_probs
 
 # Name of the frozen copy of ``adapter_path`` that serves as the reference policy.
 REFERENCE_ADAPTER = "reference"
@@ -83,7 +83,9 @@ class DPOModule(LoRAModule):
 
     count_unit: ClassVar[str] = "pairs"
 
-    def __init__(self, *args: Any, beta: float = 0.1, loss_type: Literal["sigmoid", "ipo"] = "sigmoid", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, beta: float = 0.1, loss_type: Literal["sigmoid", "ipo"] = "sigmoid", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         if beta <= 0:
             raise ConfigError(f"model.beta: {beta} must be > 0 (0.1 is the usual value).")
@@ -132,7 +134,9 @@ class DPOModule(LoRAModule):
         if self._separable_head is None:
             self._separable_head = self._head_is_separable()
         if self._separable_head:
-            log_probs, tokens = sequence_log_probs(self.hidden_states(*inputs), self.model.get_output_embeddings(), batch["labels"])
+            log_probs, tokens = sequence_log_probs(
+                self.hidden_states(*inputs), self.model.get_output_embeddings(), batch["labels"]
+            )
         else:
             log_probs, tokens = sequence_log_probs(self(*inputs), torch.nn.Identity(), batch["labels"])
         return log_probs / tokens.clamp(min=1) if self.loss_type == "ipo" else log_probs
@@ -160,7 +164,9 @@ class DPOModule(LoRAModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
         pairs = self._rewards["reward_accuracy"].numel()
-        self.log_dict({f"train/{k}": v.mean() for k, v in self._rewards.items()}, on_step=True, on_epoch=False, batch_size=pairs)
+        self.log_dict(
+            {f"train/{k}": v.mean() for k, v in self._rewards.items()}, on_step=True, on_epoch=False, batch_size=pairs
+        )
         return loss
 
     def chance_loss(self) -> float:

@@ -270,7 +270,6 @@ class ModelShape:
             masked_inputs=masked_inputs(model),
         )
 
-
     @classmethod
     def from_config(
         cls, config: PretrainedConfig, quantization: QuantizationSettings, peft_config: PeftConfig
@@ -337,8 +336,14 @@ def materialises_attention(attn_implementation: str | None) -> bool:
 
 
 def activation_bytes(
-    shape: ModelShape, batch_size: int, max_length: int, dtype_bytes: int, gradient_checkpointing: bool | str,
-    eager_attention: bool, training: bool = True, replayed_masks: bool = False,
+    shape: ModelShape,
+    batch_size: int,
+    max_length: int,
+    dtype_bytes: int,
+    gradient_checkpointing: bool | str,
+    eager_attention: bool,
+    training: bool = True,
+    replayed_masks: bool = False,
 ) -> int:
     """Bytes of layer activations kept for the backward pass (logits excluded).
 
@@ -526,7 +531,13 @@ def estimate_memory(
         gradients=shape.trainable_params * 4 if training else 0,
         optimizer=optimizer_bytes if training else 0,
         activations=activation_bytes(
-            shape, batch_size, max_length, other_bytes, gradient_checkpointing, eager_attention, training,
+            shape,
+            batch_size,
+            max_length,
+            other_bytes,
+            gradient_checkpointing,
+            eager_attention,
+            training,
             replayed_masks=not cuda,
         ),
         logits=logits_bytes(shape, batch_size, max_length, dtype_bytes),

@@ -35,7 +35,9 @@ def default_optimizer(params: Iterable[Any]) -> Optimizer:
     return bnb.optim.PagedAdamW8bit(params, lr=2e-4, weight_decay=0.0)
 
 
-def parameter_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], embedding_lr_ratio: float) -> list[dict]:
+def parameter_groups(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]], embedding_lr_ratio: float
+) -> list[dict]:
     """Split the trainable parameters into optimizer groups.
 
     Matrices are decayed with the optimizer's own ``weight_decay``; biases and norm
@@ -134,7 +136,9 @@ class LRSchedule:
     def build(self, optimizer: Optimizer, total_steps: int) -> LambdaLR:
         """A ``LambdaLR`` over ``total_steps`` optimizer steps, to be stepped per step."""
         if total_steps < 1:
-            raise ConfigError(f"The trainer plans {total_steps} optimizer steps; set trainer.max_epochs or trainer.max_steps.")
+            raise ConfigError(
+                f"The trainer plans {total_steps} optimizer steps; set trainer.max_epochs or trainer.max_steps."
+            )
         return LambdaLR(optimizer, lambda step: self.multiplier(step, total_steps))
 
 
@@ -147,4 +151,3 @@ def resync_learning_rates(scheduler: LambdaLR) -> None:
     """
     for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base_lr * multiplier(scheduler.last_epoch)
-

@@ -33,6 +33,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.training.heap import heap_tuned
 from lit_lora.training.memory import (
     MemoryEstimate,
@@ -42,7 +43,6 @@ from lit_lora.training.memory import (
     materialises_attention,
     optimizer_state_bytes,
 )
-from lit_lora.model.quantization import QuantizationSettings
 
 # Share of the available memory an estimate may take: the rest is for what it
 # leaves out (allocator fragmentation, temporary buffers, data loading).
@@ -196,9 +196,12 @@ def check_memory(
     # Evaluation keeps no activations for backward: checkpointing changes nothing.
     modes = checkpointing_modes(gradient_checkpointing, selective) if training else (False,)
     micro, checkpointing = plan_batch(
-        lambda size, mode: estimate(size, mode).after_loading, data.batch_size, data.effective_batch_size,
-        modes, budget,
-    )  # fmt: skip
+        lambda size, mode: estimate(size, mode).after_loading,
+        data.batch_size,
+        data.effective_batch_size,
+        modes,
+        budget,
+    )
     if gradient_checkpointing == "auto" and training:
         chosen = {False: "off", True: "on"}.get(checkpointing, checkpointing)
         rank_zero_info(f"lit_lora: gradient_checkpointing auto: {chosen}")

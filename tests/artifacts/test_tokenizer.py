@@ -72,7 +72,6 @@ def test_an_existing_pad_token_is_kept(tmp_path: Path) -> None:
     assert load_tokenizer(path).pad_token == "<|endoftext|>"
 
 
-
 @pytest.mark.parametrize("before", [None, "true"])
 def test_one_thread_per_process_restores_the_setting(monkeypatch: pytest.MonkeyPatch, before: str | None) -> None:
     if before is None:

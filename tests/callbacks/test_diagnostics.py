@@ -68,10 +68,16 @@ class Run:
         self.weight = torch.nn.Parameter(torch.ones(4))
         self.optimizer = SimpleNamespace(param_groups=[{"params": [self.weight], "lr": lr}], defaults={"lr": lr})
         self.trainer = SimpleNamespace(
-            callback_metrics={}, optimizers=[self.optimizer], global_step=0, precision="32-true",
-            precision_plugin=SimpleNamespace(), gradient_clip_val=0.3, checkpoint_callback=None,
-            sanity_checking=False, should_stop=False,
-        )  # fmt: skip
+            callback_metrics={},
+            optimizers=[self.optimizer],
+            global_step=0,
+            precision="32-true",
+            precision_plugin=SimpleNamespace(),
+            gradient_clip_val=0.3,
+            checkpoint_callback=None,
+            sanity_checking=False,
+            should_stop=False,
+        )
         self.module = torch.nn.Module()
         self.module.weight = self.weight
 
@@ -79,7 +85,9 @@ class Run:
         self.weight.grad = torch.full((4,), grad)
         self.callback.on_before_optimizer_step(self.trainer, self.module, self.optimizer)
         self.trainer.global_step += 1
-        self.trainer.callback_metrics.update({"train/loss": torch.tensor(loss), "train/grad_norm": torch.tensor(grad_norm)})
+        self.trainer.callback_metrics.update(
+            {"train/loss": torch.tensor(loss), "train/grad_norm": torch.tensor(grad_norm)}
+        )
         self.callback.on_train_batch_end(self.trainer, self.module, None, None, 0)
 
     def validate(self, val_loss: float) -> None:
@@ -183,7 +191,9 @@ def test_a_finite_loss_past_chance_stops():
     run.callback.on_train_start(run.trainer, run.module)
     run.step(1.0)
     run.step(4.9)  # over twice the first loss, but not past chance
-    with pytest.raises(TrainingDiverged, match=r"step 3: the loss exploded to 5\.1, worse than guessing uniformly \(5\)"):
+    with pytest.raises(
+        TrainingDiverged, match=r"step 3: the loss exploded to 5\.1, worse than guessing uniformly \(5\)"
+    ):
         run.step(5.1)
 
 
@@ -201,8 +211,16 @@ def test_stop_on_divergence_false_only_warns(recwarn):
 
 
 def tiny(root: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
+    return [
+        "fit",
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
 
 
 def adapter_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -213,8 +231,17 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_val_loss(tmp_path, monkeyp
     monkeypatch.chdir(REPO)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        main(tiny(tmp_path, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4",
-                  "--trainer.limit_val_batches", "1"))  # fmt: skip
+        main(
+            tiny(
+                tmp_path,
+                "--trainer.max_epochs",
+                "3",
+                "--trainer.limit_train_batches",
+                "4",
+                "--trainer.limit_val_batches",
+                "1",
+            )
+        )
     folder = tmp_path / "checkpoints"
     [log] = tmp_path.rglob("metrics.csv")
     val = {int(row["epoch"]): float(row["val/loss"]) for row in csv.DictReader(log.open()) if row.get("val/loss")}
@@ -228,8 +255,17 @@ def test_best_checkpoint_is_the_epoch_with_the_lowest_val_loss(tmp_path, monkeyp
 def test_a_diverging_run_keeps_the_last_good_state_and_resumes_at_a_lower_lr(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_info:
-        main(tiny(tmp_path / "run", "--model.class_path", "tests.helpers.diverging.DivergingModule",
-                  "--model.init_args.optimizer.init_args.lr", "10", "--step_checkpoint.every_n_train_steps", "2"))  # fmt: skip
+        main(
+            tiny(
+                tmp_path / "run",
+                "--model.class_path",
+                "tests.helpers.diverging.DivergingModule",
+                "--model.init_args.optimizer.init_args.lr",
+                "10",
+                "--step_checkpoint.every_n_train_steps",
+                "2",
+            )
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "training diverged at step 3: the gradients are NaN or Inf" in err
@@ -245,8 +281,19 @@ def test_a_diverging_run_keeps_the_last_good_state_and_resumes_at_a_lower_lr(tmp
     assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
     assert not (tmp_path / "run" / "adapter").exists()  # no export of a broken adapter
     # Resuming with a lower learning rate uses it, not the checkpoint's.
-    resumed = main(tiny(tmp_path / "run", "--ckpt_path", "last", "--model.init_args.optimizer.init_args.lr", "0.002",
-                        "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1"))  # fmt: skip
+    resumed = main(
+        tiny(
+            tmp_path / "run",
+            "--ckpt_path",
+            "last",
+            "--model.init_args.optimizer.init_args.lr",
+            "0.002",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.log_every_n_steps",
+            "1",
+        )
+    )
     assert "optimizer settings, not the checkpoint's: lr 10.0 -> 0.002" in caplog.text
     assert resumed.trainer.global_step == 4
     assert resumed.trainer.optimizers[0].param_groups[0]["initial_lr"] == 0.002

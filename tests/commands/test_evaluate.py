@@ -17,11 +17,11 @@ import yaml
 from peft import PeftModel
 
 from lit_lora.artifacts.adapter_dir import BaseModelSpec
+from lit_lora.artifacts.tokenizer import load_tokenizer
 from lit_lora.cli import main
 from lit_lora.commands.evaluate import evaluate, resolve_chat_template
 from lit_lora.eval_tasks.json_extraction import DATA_FILE
 from lit_lora.model.loading import load_base_model
-from lit_lora.artifacts.tokenizer import load_tokenizer
 
 pytest.importorskip("lm_eval")
 
@@ -44,9 +44,7 @@ def network_attempts(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
 
 def held_out_docs(count: int) -> list[dict[str, str]]:
     """The first quickstart validation examples as prompt and answer, read straight from the data."""
-    lines = (
-        (REPO / "data" / "quickstart" / "val.jsonl").read_text().splitlines()[:count]
-    )
+    lines = (REPO / "data" / "quickstart" / "val.jsonl").read_text().splitlines()[:count]
     return [
         {"prompt": messages[0]["content"], "answer": messages[1]["content"]}
         for messages in (json.loads(line)["messages"] for line in lines)
@@ -54,9 +52,7 @@ def held_out_docs(count: int) -> list[dict[str, str]]:
 
 
 @torch.no_grad()
-def answer_scores(
-    model: torch.nn.Module, tokenizer, docs: list[dict[str, str]]
-) -> tuple[float, float]:
+def answer_scores(model: torch.nn.Module, tokenizer, docs: list[dict[str, str]]) -> tuple[float, float]:
     """Bits per byte of the answers given the chat prompts, and the share that are greedy, computed directly."""
     loglikelihood, num_bytes, greedy = 0.0, 0, 0
     for doc in docs:
@@ -72,9 +68,7 @@ def answer_scores(
         assert ids[: len(context)] == context
         logits = model(torch.tensor([ids])).logits[0, len(context) - 1 : -1].float()
         targets = torch.tensor(ids[len(context) :])
-        loglikelihood += (
-            torch.log_softmax(logits, -1).gather(1, targets[:, None]).sum().item()
-        )
+        loglikelihood += torch.log_softmax(logits, -1).gather(1, targets[:, None]).sum().item()
         greedy += int(torch.equal(logits.argmax(-1), targets))
         num_bytes += len(doc["answer"].encode("utf-8"))
     return -loglikelihood / num_bytes / math.log(2), greedy / len(docs)
@@ -83,11 +77,7 @@ def answer_scores(
 def scores(report: dict, run: str, task: str) -> dict[str, float]:
     """The metrics of one task in one run, without lm-eval's filter suffix."""
     results = report["runs"][run]["results"][task]
-    return {
-        key.split(",")[0]: value
-        for key, value in results.items()
-        if key.endswith(",none")
-    }
+    return {key.split(",")[0]: value for key, value in results.items() if key.endswith(",none")}
 
 
 def test_scores_the_shipped_task_with_and_without_the_adapter(
@@ -115,15 +105,10 @@ def test_scores_the_shipped_task_with_and_without_the_adapter(
 
     base = scores(report, "base", "lit_lora_json_extraction")
     tuned = scores(report, "adapter", "lit_lora_json_extraction")
-    assert math.isfinite(base["bits_per_byte"]) and math.isfinite(
-        tuned["bits_per_byte"]
-    )
+    assert math.isfinite(base["bits_per_byte"]) and math.isfinite(tuned["bits_per_byte"])
     assert base["bits_per_byte"] != pytest.approx(tuned["bits_per_byte"], rel=1e-3)
     assert report["setup"]["quantization"]["mode"] == "nf4"
-    assert (
-        json.loads(output.read_text())["runs"]["adapter"]["results"]
-        == report["runs"]["adapter"]["results"]
-    )
+    assert json.loads(output.read_text())["runs"]["adapter"]["results"] == report["runs"]["adapter"]["results"]
     assert network_attempts == []
     table = capsys.readouterr().out
     assert (
@@ -139,20 +124,12 @@ def test_scores_the_shipped_task_with_and_without_the_adapter(
     tokenizer = load_tokenizer(str(adapter))
     docs = held_out_docs(3)
     expected_base = answer_scores(model, tokenizer, docs)
-    expected_tuned = answer_scores(
-        PeftModel.from_pretrained(model, adapter), tokenizer, docs
-    )
-    assert (base["bits_per_byte"], base["greedy_match"]) == pytest.approx(
-        expected_base, rel=1e-4
-    )
-    assert (tuned["bits_per_byte"], tuned["greedy_match"]) == pytest.approx(
-        expected_tuned, rel=1e-4
-    )
+    expected_tuned = answer_scores(PeftModel.from_pretrained(model, adapter), tokenizer, docs)
+    assert (base["bits_per_byte"], base["greedy_match"]) == pytest.approx(expected_base, rel=1e-4)
+    assert (tuned["bits_per_byte"], tuned["greedy_match"]) == pytest.approx(expected_tuned, rel=1e-4)
 
 
-def test_generation_task_on_the_unquantized_base(
-    tiny_adapters, capsys, network_attempts
-):
+def test_generation_task_on_the_unquantized_base(tiny_adapters, capsys, network_attempts):
     report = main(
         [
             "evaluate",
@@ -177,10 +154,7 @@ def test_generation_task_on_the_unquantized_base(
 
 
 def test_shipped_data_is_the_quickstart_validation_split():
-    assert (
-        DATA_FILE.read_bytes()
-        == (REPO / "data" / "quickstart" / "val.jsonl").read_bytes()
-    )
+    assert DATA_FILE.read_bytes() == (REPO / "data" / "quickstart" / "val.jsonl").read_bytes()
 
 
 def test_chat_template_by_default_as_the_adapter_was_trained(tiny_adapters, tmp_path):
@@ -216,9 +190,7 @@ def refuse_to_load(*args, **kwargs):
     ],
     ids=["unknown task", "missing include path", "empty limit", "output folder"],
 )
-def test_bad_settings_fail_before_any_model_loads(
-    tiny_adapters, monkeypatch, capsys, options, message
-):
+def test_bad_settings_fail_before_any_model_loads(tiny_adapters, monkeypatch, capsys, options, message):
     monkeypatch.setattr("lit_lora.commands.evaluate.load_base_model", refuse_to_load)
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--adapter", str(tiny_adapters[0]), *options])
@@ -232,19 +204,13 @@ def test_bad_settings_fail_before_any_model_loads(
 
 def test_missing_adapter_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            ["evaluate", "--adapter", str(tmp_path / "nowhere"), "--tasks", "lit_lora"]
-        )
+        main(["evaluate", "--adapter", str(tmp_path / "nowhere"), "--tasks", "lit_lora"])
     assert exit_info.value.code == 2
-    assert (
-        f"--adapter: '{tmp_path / 'nowhere'}' does not exist" in capsys.readouterr().err
-    )
+    assert f"--adapter: '{tmp_path / 'nowhere'}' does not exist" in capsys.readouterr().err
 
 
 def test_missing_lm_eval_names_the_extra(tiny_adapters, monkeypatch, capsys):
-    for name in [
-        name for name in sys.modules if name == "lm_eval" or name.startswith("lm_eval.")
-    ]:
+    for name in [name for name in sys.modules if name == "lm_eval" or name.startswith("lm_eval.")]:
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--adapter", str(tiny_adapters[0]), "--tasks", "lit_lora"])
@@ -257,10 +223,7 @@ def test_help_documents_every_option(capsys):
         main(["evaluate", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    documented = {
-        param.arg_name: param.description
-        for param in docstring_parser.parse(evaluate.__doc__).params
-    }
+    documented = {param.arg_name: param.description for param in docstring_parser.parse(evaluate.__doc__).params}
     for name in inspect.signature(evaluate).parameters:
         assert documented.get(name), f"evaluate documents no {name}"
         assert f"--{name}" in text

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import lit_lora.model.generation
 from lit_lora.artifacts.adapter_dir import BaseModelSpec
+from lit_lora.artifacts.tokenizer import load_tokenizer
 from lit_lora.cli import main
 from lit_lora.commands.generate import name_variants
 from lit_lora.data import SFTDataModule
@@ -26,7 +27,6 @@ from lit_lora.model.generation import (
 )
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import QuantizationSettings
-from lit_lora.artifacts.tokenizer import load_tokenizer
 
 PROMPTS = ["Name a colour.", "What is 2+2? Answer: briefly"]
 IM_END = 2  # <|im_end|> in the tiny tokenizer, also its EOS
@@ -44,9 +44,7 @@ def with_prompts(prompts: list[str]) -> list[str]:
     return [option for prompt in prompts for option in ("--prompts+", prompt)]
 
 
-def training_prompt_ids(
-    tokenizer_dir: Path, prompts: list[str], tmp_path: Path
-) -> list[list[int]]:
+def training_prompt_ids(tokenizer_dir: Path, prompts: list[str], tmp_path: Path) -> list[list[int]]:
     """What training's data module feeds the model for each prompt as a one-turn conversation."""
     path = tmp_path / "training_rows.jsonl"
     rows = [
@@ -80,9 +78,7 @@ def direct_greedy(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
     return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
 
 
-def test_adapters_and_base_answer_side_by_side_exactly_as_direct_peft_models(
-    tiny_adapters, tmp_path, capsys
-):
+def test_adapters_and_base_answer_side_by_side_exactly_as_direct_peft_models(tiny_adapters, tmp_path, capsys):
     first, second = tiny_adapters
     records = run(
         tiny_adapters,
@@ -94,13 +90,8 @@ def test_adapters_and_base_answer_side_by_side_exactly_as_direct_peft_models(
     )
     out = capsys.readouterr().out
 
-    assert [list(record["answers"]) for record in records] == [
-        ["a", "b", "base"]
-    ] * len(PROMPTS)
-    answers = {
-        label: [record["answers"][label] for record in records]
-        for label in ("a", "b", "base")
-    }
+    assert [list(record["answers"]) for record in records] == [["a", "b", "base"]] * len(PROMPTS)
+    answers = {label: [record["answers"][label] for record in records] for label in ("a", "b", "base")}
     assert answers["a"] != answers["b"]
 
     spec = BaseModelSpec.of_adapter(first)
@@ -110,16 +101,11 @@ def test_adapters_and_base_answer_side_by_side_exactly_as_direct_peft_models(
         model = load_base_model(spec.folder(), spec.quantization, torch.device("cpu"))
         if adapter is not None:
             model = PeftModel.from_pretrained(model, adapter)
-        assert answers[label] == [
-            direct_greedy(model, tokenizer, prompt_ids, 4) for prompt_ids in ids
-        ]
+        assert answers[label] == [direct_greedy(model, tokenizer, prompt_ids, 4) for prompt_ids in ids]
 
     for number, (prompt, record) in enumerate(zip(PROMPTS, records), start=1):
         block = f"=== prompt {number} of {len(PROMPTS)} ===\n{prompt}\n"
-        block += "".join(
-            f"--- {label} ---\n{record['answers'][label]}\n"
-            for label in ("a", "b", "base")
-        )
+        block += "".join(f"--- {label} ---\n{record['answers'][label]}\n" for label in ("a", "b", "base"))
         assert block in out + "\n"
 
 
@@ -156,28 +142,20 @@ def test_output_is_one_json_line_per_prompt_with_every_variant(tiny_adapters, tm
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert lines == records
     assert [set(line["answers"]) for line in lines] == [{"a", "b"}] * 3
-    assert all(
-        isinstance(answer, str) for line in lines for answer in line["answers"].values()
-    )
+    assert all(isinstance(answer, str) for line in lines for answer in line["answers"].values())
     assert {key: lines[0][key] for key in ("prompt", "reference")} == {
         "prompt": "Say yes.",
         "reference": "yes",
     }
     assert lines[1]["messages"] == rows[1]["messages"] and "reference" not in lines[1]
-    assert (
-        lines[2]["messages"] == rows[2]["messages"][:1] and lines[2]["reference"] == "3"
-    )
+    assert lines[2]["messages"] == rows[2]["messages"][:1] and lines[2]["reference"] == "3"
 
 
-def test_prompt_ids_are_training_prompt_ids_for_given_and_file_prompts(
-    tiny_adapters, tmp_path, monkeypatch
-):
+def test_prompt_ids_are_training_prompt_ids_for_given_and_file_prompts(tiny_adapters, tmp_path, monkeypatch):
     fed = []
 
     def spy(model, tokenizer, input_ids, attention_mask, *args):
-        fed.extend(
-            ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)
-        )
+        fed.extend(ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask))
         return generate_texts(model, tokenizer, input_ids, attention_mask, *args)
 
     monkeypatch.setattr(lit_lora.model.generation, "generate_texts", spy)
@@ -215,9 +193,7 @@ def test_end_of_turn_token_comes_from_the_chat_template(tiny_model_dir):
 
 def tiny_model(tiny_model_dir) -> torch.nn.Module:
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(
-        AutoConfig.from_pretrained(tiny_model_dir)
-    ).eval()
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir)).eval()
 
 
 def test_generation_stops_at_the_end_of_turn_token(tiny_model_dir):
@@ -228,23 +204,17 @@ def test_generation_stops_at_the_end_of_turn_token(tiny_model_dir):
     model.generation_config.eos_token_id = None
     prompt = torch.tensor([tokenizer("Hello there")["input_ids"]])
     mask = torch.ones_like(prompt)
-    free = model.generate(
-        input_ids=prompt, attention_mask=mask, max_new_tokens=8, do_sample=False
-    )[0, prompt.size(1) :]
+    free = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=8, do_sample=False)[0, prompt.size(1) :]
     # Give <|im_end|> the output row of a token the free run picks: the two then tie and
     # greedy picks the lower id, <|im_end|>, where the free run picked that token.
     stop_at = next(
-        k
-        for k in range(2, 8)
-        if free[k] > IM_END and free[k] not in free[:k] and IM_END not in free[: k + 1]
+        k for k in range(2, 8) if free[k] > IM_END and free[k] not in free[:k] and IM_END not in free[: k + 1]
     )
     with torch.no_grad():
         model.lm_head.weight[IM_END] = model.lm_head.weight[free[stop_at]]
 
     def answer(stop_token_ids):
-        return generate_texts(
-            model, tokenizer, prompt, mask, 8, stop_token_ids=stop_token_ids
-        )[0]
+        return generate_texts(model, tokenizer, prompt, mask, 8, stop_token_ids=stop_token_ids)[0]
 
     stopped = tokenizer.decode(free[:stop_at])
     assert answer(end_token_ids(tokenizer)) == stopped
@@ -259,9 +229,7 @@ def test_sampling_is_reproducible_and_leaves_the_global_generator_alone(tiny_mod
     mask = torch.ones_like(prompt)
 
     def sample(seed: int) -> list[str]:
-        return generate_texts(
-            model, tokenizer, prompt, mask, 12, Sampling(temperature=1.5, seed=seed), []
-        )
+        return generate_texts(model, tokenizer, prompt, mask, 12, Sampling(temperature=1.5, seed=seed), [])
 
     state = torch.random.get_rng_state()
     assert sample(1) == sample(1)
@@ -269,9 +237,7 @@ def test_sampling_is_reproducible_and_leaves_the_global_generator_alone(tiny_mod
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
-def test_unquantized_base_answers_as_the_adapter_on_full_precision_weights(
-    tiny_adapters, tmp_path
-):
+def test_unquantized_base_answers_as_the_adapter_on_full_precision_weights(tiny_adapters, tmp_path):
     adapter = tiny_adapters[0]
     records = run(
         [adapter],
@@ -283,15 +249,11 @@ def test_unquantized_base_answers_as_the_adapter_on_full_precision_weights(
     )
 
     spec = BaseModelSpec.of_adapter(adapter)
-    base = load_base_model(
-        spec.folder(), QuantizationSettings(mode="none"), torch.device("cpu")
-    )
+    base = load_base_model(spec.folder(), QuantizationSettings(mode="none"), torch.device("cpu"))
     assert not any(isinstance(module, bnb.nn.Linear4bit) for module in base.modules())
     model = PeftModel.from_pretrained(base, adapter)
     ids = training_prompt_ids(adapter, PROMPTS[:1], tmp_path)[0]
-    assert records[0]["answers"]["a"] == direct_greedy(
-        model, load_tokenizer(str(adapter)), ids, 6
-    )
+    assert records[0]["answers"]["a"] == direct_greedy(model, load_tokenizer(str(adapter)), ids, 6)
 
 
 def test_cli_sampling_repeats_with_its_seed_and_greedy_ignores_temperature(
@@ -399,8 +361,4 @@ def test_help_documents_every_option(capsys):
         "--device",
     ):
         assert option in text
-    assert (
-        "one line per prompt" in text
-        and "end-of-turn token" in text
-        and "greedily" in text
-    )
+    assert "one line per prompt" in text and "end-of-turn token" in text and "greedily" in text

@@ -13,7 +13,6 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from tests.helpers.tiny import TINY_MODEL, write_tiny_adapter
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lit_lora import LoRAModule, LoRASettings
@@ -23,6 +22,7 @@ from lit_lora.commands import merge as merge_command
 from lit_lora.commands.merge import merge
 from lit_lora.model.loading import load_base_model, random_weights_folder
 from lit_lora.model.quantization import QuantizationSettings
+from tests.helpers.tiny import TINY_MODEL, write_tiny_adapter
 
 NOTE = "lit_lora: note: the adapter was trained on the base quantized to nf4"
 # Merged, x @ (W + s B A) rounds differently from PEFT's x @ W + s (x A) B: on the
@@ -85,9 +85,7 @@ def test_tiny_max_shard_size_writes_an_index_and_shards(tiny_adapters, tmp_path)
     torch.testing.assert_close(merged, unmerged_logits(adapter), **TOLERANCE)
 
 
-def test_output_is_a_plain_model_folder_with_the_adapters_tokenizer(
-    tiny_adapters, tmp_path
-):
+def test_output_is_a_plain_model_folder_with_the_adapters_tokenizer(tiny_adapters, tmp_path):
     adapter = tiny_adapters[0]
     merge(str(adapter), str(tmp_path))
 
@@ -98,19 +96,12 @@ def test_output_is_a_plain_model_folder_with_the_adapters_tokenizer(
     assert not (tmp_path / "adapter_config.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     trained_with = AutoTokenizer.from_pretrained(adapter)
-    assert (
-        tokenizer.chat_template
-        and tokenizer.chat_template == trained_with.chat_template
-    )
+    assert tokenizer.chat_template and tokenizer.chat_template == trained_with.chat_template
     messages = [{"role": "user", "content": "hi"}]
-    assert tokenizer.apply_chat_template(messages) == trained_with.apply_chat_template(
-        messages
-    )
+    assert tokenizer.apply_chat_template(messages) == trained_with.apply_chat_template(messages)
 
 
-def test_bfloat16_is_the_default_and_every_saved_tensor_is_bfloat16(
-    tiny_adapters, tmp_path
-):
+def test_bfloat16_is_the_default_and_every_saved_tensor_is_bfloat16(tiny_adapters, tmp_path):
     adapter = tiny_adapters[0]
     merge(str(adapter), str(tmp_path))
 
@@ -165,9 +156,7 @@ def test_adapter_without_tokenizer_gets_the_bases(tiny_adapters, tmp_path):
     merge(str(adapter), str(tmp_path / "merged"))
 
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    assert (
-        tokenizer.get_vocab() == AutoTokenizer.from_pretrained(TINY_MODEL).get_vocab()
-    )
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(TINY_MODEL).get_vocab()
 
 
 @pytest.fixture
@@ -202,9 +191,7 @@ def quantized_base(folder: Path) -> Path:
     ],
     ids=["missing-adapter", "missing-base", "quantized-base", "bad-shard-size"],
 )
-def test_bad_input_exits_with_status_2_before_loading(
-    options, message, tiny_adapters, tmp_path, capsys, nothing_loads
-):
+def test_bad_input_exits_with_status_2_before_loading(options, message, tiny_adapters, tmp_path, capsys, nothing_loads):
     quantized_base(tmp_path / "quantized")
     options = [option.format(tmp=tmp_path) for option in options]
     args = [f"--adapter={tiny_adapters[0]}", f"--output={tmp_path}/out", *options]
@@ -216,9 +203,7 @@ def test_bad_input_exits_with_status_2_before_loading(
     assert not (tmp_path / "out").exists()
 
 
-def test_non_empty_output_is_refused_and_left_untouched(
-    tiny_adapters, tmp_path, capsys, nothing_loads
-):
+def test_non_empty_output_is_refused_and_left_untouched(tiny_adapters, tmp_path, capsys, nothing_loads):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
         main(["merge", f"--adapter={tiny_adapters[0]}", f"--output={tmp_path}"])
@@ -237,9 +222,7 @@ def test_help_shows_every_options_docstring(capsys):
     assert exit_info.value.code == 0
     # argparse rewraps the text, so compare with whitespace collapsed.
     shown = " ".join(capsys.readouterr().out.split())
-    documented = {
-        p.arg_name: p.description for p in docstring_parser.parse(merge.__doc__).params
-    }
+    documented = {p.arg_name: p.description for p in docstring_parser.parse(merge.__doc__).params}
     assert set(documented) == set(inspect.signature(merge).parameters)
     for name, description in documented.items():
         assert f"--{name}" in shown
@@ -277,9 +260,7 @@ def test_merges_smollm2_read_from_its_gguf(tmp_path):
     with torch.no_grad():
         reference = module.model.eval()(input_ids=ids).logits
         # Real weights and 576-wide sums round more than the tiny model: ~7e-5 apart.
-        torch.testing.assert_close(
-            merged(input_ids=ids).logits, reference, rtol=1e-4, atol=1e-4
-        )
+        torch.testing.assert_close(merged(input_ids=ids).logits, reference, rtol=1e-4, atol=1e-4)
     # SmolLM2 ties its output head to the embeddings: saved once, 4 bytes a parameter.
     assert "lm_head.weight" not in load_file(out / "model.safetensors")
     assert (out / "model.safetensors").stat().st_size < 4.01 * merged.num_parameters()

@@ -18,8 +18,15 @@ from tests.helpers.parsing import parse
 from tests.helpers.tiny import REPO, tiny_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LOGGED = ("step", "train/loss", "train/lr", "train/grad_norm", "train/supervised_tokens_per_sec", "val/loss",
-          "val/perplexity")
+LOGGED = (
+    "step",
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/supervised_tokens_per_sec",
+    "val/loss",
+    "val/perplexity",
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +126,20 @@ def test_a_tensorboard_run_writes_its_scalars_under_the_run_folder(tmp_path, mon
     monkeypatch.chdir(REPO)
     config = tmp_path / "logger.yaml"
     config.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n")
-    main(tiny_args("fit", tmp_path / "run", "--config", str(config), "--trainer.max_steps", "3",
-                   "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0"))  # fmt: skip
+    main(
+        tiny_args(
+            "fit",
+            tmp_path / "run",
+            "--config",
+            str(config),
+            "--trainer.max_steps",
+            "3",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "0",
+        )
+    )
     [events] = (tmp_path / "run" / "lightning_logs").rglob("events.out.tfevents.*")
     scalars = EventAccumulator(str(events.parent)).Reload()
     assert [event.step for event in scalars.Scalars("train/loss")] == [0, 1, 2]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from tests.helpers.sft import CHATML, REVERSED, save_tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.artifacts.tokenizer import load_tokenizer
+from tests.helpers.sft import CHATML, REVERSED, save_tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule, render
 from lit_lora.data.files import load_split
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import write_jsonl
 
 GOOD = '{"prompt": "Hi", "completion": "Hello"}\n'
 HI = {"role": "user", "content": "Hi"}
@@ -156,9 +156,7 @@ def test_bad_row_names_file_line_found_value_and_fix(
         ),
     ],
 )
-def test_bad_conversation_names_file_line_and_fix(
-    tmp_path: Path, chat_path: str, messages: list, message: str
-) -> None:
+def test_bad_conversation_names_file_line_and_fix(tmp_path: Path, chat_path: str, messages: list, message: str) -> None:
     rows = [{"messages": [HI, {"role": "assistant", "content": "Hello"}]}, {"messages": messages}]
     path = write_jsonl(tmp_path / "chats.jsonl", rows)
     with pytest.raises(ConfigError, match=rf"^data\.train_file '.*chats\.jsonl', line 2: {message}"):
@@ -169,7 +167,8 @@ def test_bad_csv_row_names_row_and_line(tmp_path: Path, plain_path: str) -> None
     path = tmp_path / "train.csv"
     path.write_text('prompt,completion\n"Say\nyes",yes\nHi,\n', encoding="utf-8")
     with pytest.raises(
-        ConfigError, match=r"^data\.train_file '.*train\.csv', row 2 \(line 4\): field 'completion' is an empty response"
+        ConfigError,
+        match=r"^data\.train_file '.*train\.csv', row 2 \(line 4\): field 'completion' is an empty response",
     ):
         SFTDataModule(str(path), tokenizer_name_or_path=plain_path).setup("fit")
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tests.helpers.sft import build_tokenizer, ids, masked
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.data.encode import encode_segments, sequence_prefix
 from lit_lora.data.render import Segment, render_chat, render_plain_prompt_completion
+from tests.helpers.sft import build_tokenizer, ids, masked
 
 
 def test_sequence_prefix_is_the_bos_the_tokenizer_adds(chat_tokenizer: PreTrainedTokenizerBase) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers.sft import VOCAB, ids, masked, write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import VOCAB, ids, masked, write_jsonl
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief"},

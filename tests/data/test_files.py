@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.helpers.sft import write_csv, write_jsonl
 
 from lit_lora.data.files import check_data_path, is_local, load_split
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import write_csv, write_jsonl
 
 # Values a CSV or JSON reader likes to "helpfully" convert or trim.
 TRICKY = [

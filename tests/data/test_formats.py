@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.data.formats import detect_format, resolve_format, to_conversation
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import write_jsonl
 
 
 @pytest.mark.parametrize(
@@ -96,9 +96,7 @@ def test_bad_messages_name_file_and_row(tmp_path: Path, chat_path: str, messages
 def test_non_string_field_names_file_row_and_field(tmp_path: Path, plain_path: str, value: object, shown: str) -> None:
     rows = [{"prompt": "Hi", "completion": "Hello"}, {"prompt": value, "completion": "Hello"}]
     data = SFTDataModule(write_jsonl(tmp_path / "train.jsonl", rows), tokenizer_name_or_path=plain_path)
-    with pytest.raises(
-        ConfigError, match=rf"data\.train_file '.*train\.jsonl', line 2: field 'prompt' is {shown}"
-    ):
+    with pytest.raises(ConfigError, match=rf"data\.train_file '.*train\.jsonl', line 2: field 'prompt' is {shown}"):
         data.setup("fit")
 
 

@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 from datasets import Dataset
-from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.data.mixing import DataSource, MixSampler, rename_fields
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import write_jsonl
 
 
 def source_of(index: int, sizes: list[int]) -> int:

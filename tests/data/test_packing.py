@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.sft import IGNORE, WORDS, write_jsonl
 from transformers.modeling_flash_attention_utils import (
     prepare_fa_kwargs_from_position_ids,
 )
@@ -21,6 +20,7 @@ from lit_lora.data.packing import (
 )
 from lit_lora.data.sampler import LengthGroupedSampler
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import IGNORE, WORDS, write_jsonl
 
 LENGTHS = torch.randint(1, 65, (300,), generator=torch.Generator().manual_seed(0)).tolist()
 
@@ -83,7 +83,12 @@ def test_split_packs_hold_every_token_once_and_fill_every_pack_but_the_last():
         sizes = [sum(stop - start for _, start, stop in _pieces(pack, LENGTHS)) for pack in packs]
         assert sizes[:-1] == [128] * (len(packs) - 1) and 0 < sizes[-1] <= 128
         # Every token of every example exactly once: each example's pieces tile [0, length).
-        tokens = sorted((index, token) for pack in packs for index, start, stop in _pieces(pack, LENGTHS) for token in range(start, stop))
+        tokens = sorted(
+            (index, token)
+            for pack in packs
+            for index, start, stop in _pieces(pack, LENGTHS)
+            for token in range(start, stop)
+        )
         assert tokens == [(index, token) for index, length in enumerate(LENGTHS) for token in range(length)]
         # Only the first and last item of a pack can be pieces, and a continuation opens its pack.
         for previous, pack in zip([[]] + packs, packs, strict=False):
@@ -192,7 +197,9 @@ def _supervised_tokens(batches: list[dict[str, torch.Tensor]]) -> int:
 
 
 def test_packed_training_batches_carry_every_example(varied_file: str, chat_path: str):
-    data = SFTDataModule(varied_file, val_fraction=0.2, tokenizer_name_or_path=chat_path, max_length=64, batch_size=2, packing=True)
+    data = SFTDataModule(
+        varied_file, val_fraction=0.2, tokenizer_name_or_path=chat_path, max_length=64, batch_size=2, packing=True
+    )
     data.setup("fit")
     train = data.dataset("train")
     loader = data.train_dataloader()
@@ -201,7 +208,10 @@ def test_packed_training_batches_carry_every_example(varied_file: str, chat_path
     assert all(sorted(batch) == ["input_ids", "labels", "position_ids"] for batch in batches)
     assert all(batch["input_ids"].shape[1] <= 64 for batch in batches)
     # Each example restarts the positions once; the tokens are all there, and the trained ones.
-    starts = sum(((batch["position_ids"] == 0) & (batch["input_ids"] != data.tokenizer.pad_token_id)).sum().item() for batch in batches)
+    starts = sum(
+        ((batch["position_ids"] == 0) & (batch["input_ids"] != data.tokenizer.pad_token_id)).sum().item()
+        for batch in batches
+    )
     assert starts == len(train)
     assert len(batches) < len(train) / 2 / 2  # at least two examples per packed row
     unpacked = SFTDataModule(varied_file, val_fraction=0.2, tokenizer_name_or_path=chat_path, max_length=64)
@@ -236,7 +246,10 @@ def test_split_packed_training_batches_fill_every_row(varied_file: str, chat_pat
     # Each cut adds a start and takes away the continuation's first target, if it had one.
     cuts = [piece for piece in pieces if piece[1] > 0]
     assert cuts  # the data does get cut
-    starts = sum(((batch["position_ids"] == 0) & (batch["input_ids"] != data.tokenizer.pad_token_id)).sum().item() for batch in batches)
+    starts = sum(
+        ((batch["position_ids"] == 0) & (batch["input_ids"] != data.tokenizer.pad_token_id)).sum().item()
+        for batch in batches
+    )
     assert starts == len(train) + len(cuts)
     lost = sum(train[index]["labels"][start] != IGNORE for index, start, _ in cuts)
     unpacked = _supervised_tokens(list(module().train_dataloader()))
@@ -246,7 +259,9 @@ def test_split_packed_training_batches_fill_every_row(varied_file: str, chat_pat
 @pytest.mark.parametrize("options", [("packing",), ("packing", "packing_split"), ("group_by_length",)])
 def test_a_resumed_epoch_continues_with_the_same_batches(varied_file: str, chat_path: str, options: tuple[str, ...]):
     def loader():
-        data = SFTDataModule(varied_file, tokenizer_name_or_path=chat_path, max_length=64, batch_size=2, **dict.fromkeys(options, True))
+        data = SFTDataModule(
+            varied_file, tokenizer_name_or_path=chat_path, max_length=64, batch_size=2, **dict.fromkeys(options, True)
+        )
         data.setup("fit")
         loader = data.train_dataloader()
         loader.batch_sampler.sampler.set_epoch(1)

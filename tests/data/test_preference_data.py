@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.helpers.sft import ids, masked, write_jsonl
 
 from lit_lora.data import PreferenceDataModule
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import ids, masked, write_jsonl
 
 PROMPT = "<s> <|im_start|> user \n Say yes <|im_end|> \n <|im_start|> assistant \n"
 PAIRS = [
@@ -23,14 +23,19 @@ PAIRS = [
 
 
 def test_each_side_masks_the_prompt_and_batches_chosen_then_rejected(tmp_path: Path, chat_path: str) -> None:
-    data = PreferenceDataModule(write_jsonl(tmp_path / "pairs.jsonl", PAIRS), tokenizer_name_or_path=chat_path, batch_size=2)
+    data = PreferenceDataModule(
+        write_jsonl(tmp_path / "pairs.jsonl", PAIRS), tokenizer_name_or_path=chat_path, batch_size=2
+    )
     data.setup("fit")
     first = data.dataset("train")[0]
     assert first["input_ids"] == ids(PROMPT + " yes <|im_end|> \n")
     assert first["labels"] == masked(PROMPT) + ids("yes <|im_end|> \n")
     assert first["rejected_input_ids"] == ids(PROMPT + " no thanks <|im_end|> \n")
     assert first["rejected_labels"] == masked(PROMPT) + ids("no thanks <|im_end|> \n")
-    system = "<s> <|im_start|> system \n Be brief <|im_end|> \n <|im_start|> user \n Say yes <|im_end|> \n <|im_start|> assistant \n"
+    system = (
+        "<s> <|im_start|> system \n Be brief <|im_end|> \n <|im_start|> user \n Say yes <|im_end|> \n "
+        "<|im_start|> assistant \n"
+    )
     second = data.dataset("train")[1]
     assert second["labels"] == masked(system) + ids("yes <|im_end|> \n")
     assert second["rejected_labels"] == masked(system) + ids("no <|im_end|> \n")
@@ -49,16 +54,20 @@ def test_each_side_masks_the_prompt_and_batches_chosen_then_rejected(tmp_path: P
 def test_a_pair_with_a_side_cut_before_its_response_is_dropped(tmp_path: Path, chat_path: str) -> None:
     long = {"prompt": "Say yes", "chosen": "yes", "rejected": "no " * 40}
     data = PreferenceDataModule(
-        write_jsonl(tmp_path / "pairs.jsonl", [PAIRS[0], long]), tokenizer_name_or_path=chat_path,
+        write_jsonl(tmp_path / "pairs.jsonl", [PAIRS[0], long]),
+        tokenizer_name_or_path=chat_path,
         max_length=len(ids(PROMPT)),  # room for the prompt only
-    )  # fmt: skip
+    )
     with pytest.raises(ConfigError, match="no train example has a trained token"):
         data.setup("fit")
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"packing": True}, "data.packing: preference pairs are not packed"), ({"train_on_prompt": True}, "data.train_on_prompt")],
+    [
+        ({"packing": True}, "data.packing: preference pairs are not packed"),
+        ({"train_on_prompt": True}, "data.train_on_prompt"),
+    ],
 )
 def test_settings_that_do_not_apply_are_refused(tmp_path: Path, settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

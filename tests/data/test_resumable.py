@@ -247,9 +247,15 @@ def fit(root, module, ckpt_path=None):
         dirpath=root, filename="step{step}", every_n_train_steps=5, save_top_k=-1, auto_insert_metric_name=False
     )
     trainer = lightning.Trainer(
-        default_root_dir=root, max_epochs=2, callbacks=[checkpoint], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-    )  # fmt: skip
+        default_root_dir=root,
+        max_epochs=2,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(module, ckpt_path=ckpt_path)
     return trainer
 

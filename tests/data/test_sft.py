@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
-from tests.helpers.sft import IGNORE, VOCAB, ids, masked, write_jsonl
 
 from lit_lora.data import PromptExample, SFTDataModule
 from lit_lora.errors import ConfigError
+from tests.helpers.sft import IGNORE, VOCAB, ids, masked, write_jsonl
 
 ROWS = [{"prompt": "Hi", "completion": "Hello"}, {"prompt": "How are you", "completion": "Fine"}]
 # What the chat tokenizer renders for ROWS: 10 and 12 prompt tokens.

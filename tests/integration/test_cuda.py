@@ -21,11 +21,23 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 def test_qlora_fit_on_cuda_in_bf16(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    cli = main([
-        "fit", "--config", "configs/tiny.yaml", "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
-        "--model.quantization.compute_dtype", "bfloat16", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false",
-    ])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--trainer.accelerator",
+            "gpu",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--model.quantization.compute_dtype",
+            "bfloat16",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     module = cli.model
     layer = module.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.device.type == "cuda"

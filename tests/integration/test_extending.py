@@ -1,4 +1,4 @@
-"""The docs' subclassing example (docs/examples/weighted_examples.py), selected with class_path and trained end to end."""
+"""The docs' subclassing example (docs/examples/weighted_examples.py), chosen with class_path, trained end to end."""
 
 from __future__ import annotations
 
@@ -49,11 +49,25 @@ data:
     train_file: {data}
     batch_size: 8
 """)
-    cli = main([
-        "fit", "--config", "configs/tiny.yaml", "--config", str(config),
-        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "1",
-        "--data.val_file", "null", "--data.val_fraction", "0.25", "--trainer.enable_progress_bar", "false",
-    ])  # fmt: skip
+    cli = main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.max_epochs",
+            "1",
+            "--data.val_file",
+            "null",
+            "--data.val_fraction",
+            "0.25",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     module, datamodule = cli.model, cli.datamodule
     assert type(module).__name__ == "WeightedLoRAModule" and module.max_weight == 1.5
     assert cli.trainer.global_step == 2  # 24 training rows: 3 batches of 8, accumulated by 2

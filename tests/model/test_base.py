@@ -169,7 +169,9 @@ def test_checkpoint_holds_only_the_adapter_and_loads_into_a_fresh_module(tiny_mo
     assert set(checkpoint["state_dict"]) == {n for n, p in module.named_parameters() if p.requires_grad}
     torch.save(checkpoint, tmp_path / "c.ckpt")
 
-    fresh = LoRAModule(str(tiny_model_dir), random_init=True, quantization=QuantizationSettings(mode="nf4"), lora=module.lora)
+    fresh = LoRAModule(
+        str(tiny_model_dir), random_init=True, quantization=QuantizationSettings(mode="nf4"), lora=module.lora
+    )
     fresh.on_load_checkpoint(checkpoint)
     fresh.load_state_dict(checkpoint["state_dict"], strict=False)
     for name, value in checkpoint["state_dict"].items():
@@ -187,7 +189,6 @@ def test_missing_model_path_is_a_config_error(tmp_path):
         LoRAModule(str(tmp_path), gguf_file="x.gguf")
 
 
-
 def sgd_without_steps(params):
     """Module-level so that ddp_spawn can pickle it; lr 0 keeps the weights fixed."""
     return torch.optim.SGD(params, lr=0.0)
@@ -199,7 +200,9 @@ class SavingGrads(LoRAModule):
     def on_train_start(self):
         super().on_train_start()
         if self.global_rank == 0:  # after DDP's broadcast: every rank holds these
-            torch.save({n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}, self.out / "init.pt")
+            torch.save(
+                {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}, self.out / "init.pt"
+            )
 
     def on_before_optimizer_step(self, optimizer):
         super().on_before_optimizer_step(optimizer)
@@ -212,13 +215,19 @@ def test_loss_is_normalised_over_the_supervised_tokens_of_all_devices(tiny_model
     # gradient must be that of the mean over all 23 tokens, as on one device.
     micro = [batch(1, 1, 24, [3], 512), batch(2, 2, 24, [10, 10], 512)]
     settings = dict(
-        random_init=True, quantization=QuantizationSettings(mode="none"), gradient_checkpointing=False,
+        random_init=True,
+        quantization=QuantizationSettings(mode="none"),
+        gradient_checkpointing=False,
         lora=LoRASettings(r=4, alpha=8, dropout=0.0, init_lora_weights=False),
     )
     module = SavingGrads(str(tiny_model_dir), optimizer=sgd_without_steps, **settings)
     module.out = tmp_path
     trainer = quiet_trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, enable_checkpointing=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=1,
+        enable_checkpointing=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(module, train_dataloaders=DataLoader(micro, batch_size=None))

@@ -69,7 +69,9 @@ def test_labels_are_sorted_numbers_first_and_map_to_ids(tmp_path):
 
 def test_balanced_class_weights_follow_the_counts(tmp_path):
     train = write_csv(tmp_path / "train.csv", [{"text": "a", "label": v} for v in ("x", "x", "x", "y")])
-    data = ClassificationDataModule(train, class_weights="balanced", tokenizer_name_or_path=str(REPO / "assets/tiny-llama"))
+    data = ClassificationDataModule(
+        train, class_weights="balanced", tokenizer_name_or_path=str(REPO / "assets/tiny-llama")
+    )
     data.setup("fit")
     # rows / (classes x rows of the class): 4 / (2 x 3) and 4 / (2 x 1).
     assert data.loss_weights().tolist() == pytest.approx([4 / 6, 2.0])
@@ -93,8 +95,17 @@ def test_missing_column_names_the_setting(tmp_path):
 def test_fit_trains_the_head_saves_labels_and_predicts(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     root = tmp_path / "run"
-    cli = main(["fit", "--config", "configs/tiny.yaml", "--config", config(tmp_path, class_weights=[1.0, 2.0, 1.0]),
-                "--trainer.default_root_dir", str(root)])  # fmt: skip
+    cli = main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--config",
+            config(tmp_path, class_weights=[1.0, 2.0, 1.0]),
+            "--trainer.default_root_dir",
+            str(root),
+        ]
+    )
     module = cli.model
     assert isinstance(module, ClassificationModule)
     assert module.label_names == ["negative", "neutral", "positive"]
@@ -120,10 +131,25 @@ def test_fit_trains_the_head_saves_labels_and_predicts(tmp_path, monkeypatch):
     # Predict from the adapter alone: no training file, labels from labels.json.
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps({"text": f"it was {w}"}) + "\n" for w in WORDS))
-    main(["predict", "--config", "configs/tiny.yaml", "--config", config(tmp_path),
-          "--data.init_args.train_file", "null", "--data.init_args.val_file", "null",
-          "--data.init_args.predict_file", str(texts), "--ckpt_path", str(adapter),
-          "--trainer.default_root_dir", str(tmp_path / "predict")])  # fmt: skip
+    main(
+        [
+            "predict",
+            "--config",
+            "configs/tiny.yaml",
+            "--config",
+            config(tmp_path),
+            "--data.init_args.train_file",
+            "null",
+            "--data.init_args.val_file",
+            "null",
+            "--data.init_args.predict_file",
+            str(texts),
+            "--ckpt_path",
+            str(adapter),
+            "--trainer.default_root_dir",
+            str(tmp_path / "predict"),
+        ]
+    )
     written = [json.loads(line) for line in (tmp_path / "predict" / "predictions.jsonl").read_text().splitlines()]
     assert [row["text"] for row in written] == [f"it was {w}" for w in WORDS]
     for row in written:
@@ -135,8 +161,19 @@ def test_fit_trains_the_head_saves_labels_and_predicts(tmp_path, monkeypatch):
 
 def test_loss_is_weighted_cross_entropy_summed_over_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    cli = main(["fit", "--config", "configs/tiny.yaml", "--config", config(tmp_path, class_weights=[1.0, 3.0, 0.5]),
-                "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "1"])  # fmt: skip
+    cli = main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--config",
+            config(tmp_path, class_weights=[1.0, 3.0, 0.5]),
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.max_steps",
+            "1",
+        ]
+    )
     module = cli.model.eval()
     batch = next(iter(cli.datamodule.val_dataloader()))
     with torch.no_grad():

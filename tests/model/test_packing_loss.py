@@ -20,7 +20,9 @@ def _examples() -> list[dict]:
     for length, prompt in ((9, 4), (5, 2), (12, 6), (1, 0), (7, 3)):
         ids = torch.randint(3, 512, (length,), generator=generator).tolist()
         labels = [IGNORE_INDEX] * prompt + ids[prompt:]
-        examples.append({"input_ids": ids, "labels": labels, "num_supervised": sum(x != IGNORE_INDEX for x in labels[1:])})
+        examples.append(
+            {"input_ids": ids, "labels": labels, "num_supervised": sum(x != IGNORE_INDEX for x in labels[1:])}
+        )
     return examples
 
 

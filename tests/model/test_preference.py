@@ -1,4 +1,4 @@
-"""DPO: the loss formulas, the module's loss against a hand computation on a fixed batch, and training through the CLI."""
+"""DPO: the loss formulas, the module's loss against a hand computation on a fixed batch, training through the CLI."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ from lit_lora.model import DPOModule, LoRASettings, QuantizationSettings
 from lit_lora.model.preference import preference_losses
 
 REPO = Path(__file__).resolve().parents[2]
-PAIRS = [
-    {"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}", "rejected": f"{i + 2}, I think"} for i in range(12)
-]
+PAIRS = [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}", "rejected": f"{i + 2}, I think"} for i in range(12)]
 
 
 def write_pairs(path: Path, pairs: list[dict]) -> str:
@@ -30,7 +28,9 @@ def test_sigmoid_and_ipo_losses_by_hand():
     policy_chosen, policy_rejected = torch.tensor([-1.0, -4.0]), torch.tensor([-3.0, -2.0])
     reference_chosen, reference_rejected = torch.tensor([-2.0, -3.0]), torch.tensor([-2.5, -2.5])
     # h = (pc - rc) - (pr - rr): (1 - -0.5) = 1.5 and (-1 - 0.5) = -1.5
-    losses, chosen, rejected = preference_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected, 0.5, "sigmoid")
+    losses, chosen, rejected = preference_losses(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected, 0.5, "sigmoid"
+    )
     assert losses.tolist() == pytest.approx([math.log1p(math.exp(-0.75)), math.log1p(math.exp(0.75))])
     assert chosen.tolist() == pytest.approx([0.5, -0.5])
     assert rejected.tolist() == pytest.approx([-0.25, 0.25])
@@ -57,10 +57,13 @@ def response_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_module_loss_equals_the_dpo_formula_on_a_fixed_batch(tmp_path, tiny_model_dir, loss_type):
     module = DPOModule(
-        str(tiny_model_dir), random_init=True, beta=0.2, loss_type=loss_type,
+        str(tiny_model_dir),
+        random_init=True,
+        beta=0.2,
+        loss_type=loss_type,
         quantization=QuantizationSettings(mode="none"),
         lora=LoRASettings(r=4, alpha=8, dropout=0.0, init_lora_weights=False),  # a policy away from the reference
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     module.configure_model()
     batch = pair_batch(tmp_path, tiny_model_dir)
@@ -97,14 +100,36 @@ def test_sft_then_dpo_from_the_sft_adapter_through_the_cli(tmp_path, monkeypatch
     main(["fit", *common, "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "sft")])
     sft_adapter = tmp_path / "sft" / "adapter"
     config = tmp_path / "dpo.yaml"
-    config.write_text(json.dumps({
-        "model": {"class_path": "lit_lora.DPOModule", "init_args": {"adapter_path": str(sft_adapter), "beta": 0.1}},
-        "data": {"class_path": "lit_lora.data.PreferenceDataModule", "init_args": {
-            "train_file": write_pairs(tmp_path / "train.jsonl", PAIRS[:8]),
-            "val_file": write_pairs(tmp_path / "val.jsonl", PAIRS[8:]), "batch_size": 4}},
-    }))  # fmt: skip
-    cli = main(["fit", *common, "--config", str(config), "--trainer.accumulate_grad_batches", "1",
-                "--trainer.default_root_dir", str(tmp_path / "dpo")])  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "model": {
+                    "class_path": "lit_lora.DPOModule",
+                    "init_args": {"adapter_path": str(sft_adapter), "beta": 0.1},
+                },
+                "data": {
+                    "class_path": "lit_lora.data.PreferenceDataModule",
+                    "init_args": {
+                        "train_file": write_pairs(tmp_path / "train.jsonl", PAIRS[:8]),
+                        "val_file": write_pairs(tmp_path / "val.jsonl", PAIRS[8:]),
+                        "batch_size": 4,
+                    },
+                },
+            }
+        )
+    )
+    cli = main(
+        [
+            "fit",
+            *common,
+            "--config",
+            str(config),
+            "--trainer.accumulate_grad_batches",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path / "dpo"),
+        ]
+    )
     module = cli.model
     assert isinstance(module, DPOModule)
     # The SFT adapter trains as "default"; its frozen copy is the reference.

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from lit_lora import LoRASettings, QuantizationSettings
-from tests.helpers.modules import batch, build, lora_grads
 from lit_lora.errors import ConfigError
 from lit_lora.model.replay import (
     ReplayDropout,
@@ -16,6 +15,7 @@ from lit_lora.model.replay import (
     replayable,
     use_replay_linears,
 )
+from tests.helpers.modules import batch, build, lora_grads
 
 DROPOUT = LoRASettings(r=4, alpha=8, dropout=0.2, init_lora_weights=False)
 

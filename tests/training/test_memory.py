@@ -12,11 +12,9 @@ import dataclasses
 import bitsandbytes as bnb
 import pytest
 import torch
-from tests.helpers.tiny import REPO
 from transformers import AutoConfig
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
-from lit_lora.training.planning import checkpointing_modes, largest_fitting_batch, plan_batch
 from lit_lora.cli import main
 from lit_lora.training.memory import (
     DEFAULT_OPTIMIZER,
@@ -29,10 +27,18 @@ from lit_lora.training.memory import (
     quantized_bytes_per_param,
 )
 from lit_lora.training.optim import default_optimizer
+from lit_lora.training.planning import checkpointing_modes, largest_fitting_batch, plan_batch
+from tests.helpers.tiny import REPO
 
 SHAPE = ModelShape(
-    quantizable_params=1_000_000, other_params=10_000, trainable_params=2_000,
-    hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, vocab_size=512,
+    quantizable_params=1_000_000,
+    other_params=10_000,
+    trainable_params=2_000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    vocab_size=512,
 )
 NF4 = QuantizationSettings(mode="nf4", double_quant=True, compute_dtype="float32")
 
@@ -143,7 +149,9 @@ def test_small_tensors_keep_float32_states_in_8bit_optimizers():
 
 
 def test_largest_fitting_batch_is_a_power_of_two_within_budget_and_limit():
-    need = lambda size: 100 * size
+    def need(size):
+        return 100 * size
+
     assert largest_fitting_batch(need, limit=16, budget=650) == 4
     assert largest_fitting_batch(need, limit=2, budget=10_000) == 2
     assert largest_fitting_batch(need, limit=16, budget=10) == 1
@@ -155,9 +163,24 @@ def fit_auto(tmp_path, monkeypatch, *extra):
     # on what imported Lightning first.
     printed = []
     monkeypatch.setattr("lit_lora.training.planning.rank_zero_info", printed.append)
-    cli = main(["fit", "--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path / "run"),
-                "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "auto",
-                "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *extra])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            "configs/tiny.yaml",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.init_args.batch_size",
+            "auto",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "0",
+            *extra,
+        ]
+    )
     return cli, "\n".join(printed)
 
 
@@ -171,7 +194,9 @@ def test_auto_batch_size_picks_a_micro_batch_and_accumulation(tmp_path, monkeypa
     # Taken at the longest example read, which is shorter than max_length.
     length = cli.datamodule.longest_batch_length()
     assert length == max(stats.max_length for stats in cli.datamodule.stats.values()) < 128
-    assert f"estimated memory at batch_size 16 x sequence length {length} (the longest batch; data.max_length 128)" in log
+    assert (
+        f"estimated memory at batch_size 16 x sequence length {length} (the longest batch; data.max_length 128)" in log
+    )
 
 
 def test_auto_batch_size_shrinks_and_warns_when_memory_is_short(tmp_path, monkeypatch):
@@ -222,7 +247,10 @@ def test_checkpointing_on_cpu_keeps_a_byte_per_masked_input():
         # 16 tokens x 300 one-byte mask elements.
         assert estimate_memory(masked, 2, 8, NF4, 0, gradient_checkpointing=setting).activations == plain + 16 * 300
     # Without checkpointing autograd keeps them (the per-layer count); on CUDA they are drawn again.
-    assert estimate_memory(masked, 2, 8, NF4, 0, False).activations == estimate_memory(SHAPE, 2, 8, NF4, 0, False).activations
+    assert (
+        estimate_memory(masked, 2, 8, NF4, 0, False).activations
+        == estimate_memory(SHAPE, 2, 8, NF4, 0, False).activations
+    )
     on_cuda = estimate_memory(SHAPE, 2, 8, NF4, 0, True, cuda=True).activations
     assert estimate_memory(masked, 2, 8, NF4, 0, True, cuda=True).activations == on_cuda
 
