@@ -42,13 +42,10 @@ from lit_lora.model.replay import allows_selective
 from lit_lora.training.heap import launched_tuned
 from lit_lora.training.memory import (
     MemoryEstimate,
-    ModelShape,
     available_memory,
-    configured_optimizer_state_bytes,
     estimate_memory,
     loading_bytes,
     materialises_attention,
-    meta_model,
     weight_file_bytes,
 )
 from lit_lora.training.planning import (
@@ -57,6 +54,7 @@ from lit_lora.training.planning import (
     memory_verdict,
     plan_batch,
 )
+from lit_lora.training.shape import ModelShape, configured_optimizer_state_bytes, meta_model
 
 # GGUF models are dequantized into a float32 cache folder, and random_init writes
 # ``from_config``'s float32 weights: what loading then reads, per parameter.

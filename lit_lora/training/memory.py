@@ -3,17 +3,16 @@
 The estimate is a sum of components, each from counts and shapes alone (no
 allocation), so it can be checked against a device before the first batch, and
 even before the model is loaded (``python -m lit_lora estimate``, which reads the
-shape from the config alone: :meth:`ModelShape.from_config`):
+shape from the config alone: :meth:`lit_lora.training.shape.ModelShape.from_config`):
 
 - base weights: the frozen linear layers at their quantized size (see
-  :func:`quantized_bytes_per_param`), everything else (embeddings, norms, output
+  :func:`lit_lora.training.shape.quantized_bytes_per_param`), everything else (embeddings, norms, output
   head) in float32 when quantized (PEFT's ``prepare_model_for_kbit_training`` upcasts
   it) or in the compute dtype when not;
 - adapter and gradients: the trainable parameters and their gradients, 4 bytes
   each (PEFT keeps adapters in float32);
-- optimizer state: per parameter tensor by :func:`state_bytes_per_tensor`, from the
-  built optimizer (:func:`optimizer_state_bytes`) or from the config's
-  ``class_path`` (:func:`configured_optimizer_state_bytes`);
+- optimizer state: per parameter tensor, from the built optimizer or from the
+  config's ``class_path`` (:mod:`lit_lora.training.shape`);
 - activations: what backward needs per layer, see :func:`activation_bytes`;
 - logits: the loss computes the output head only on supervised positions, at most
   ``LOSS_CHUNK_ROWS`` rows at a time: each row is ``V`` scores in the compute dtype
@@ -27,32 +26,8 @@ shape from the config alone: :meth:`ModelShape.from_config`):
   runs with its default caches, see :func:`retained_bytes` (none with the settings
   ``python -m lit_lora`` starts with, :mod:`lit_lora.training.heap`).
 
-Where the constants come from, measured on CPU (torch 2.13, transformers 5.23,
-bitsandbytes 0.50, lightning 2.6, Python 3.11, 2 cores) as peak RSS: ``ru_maxrss`` of
-a ``fit`` child process, and per phase the process's high-water mark (``VmHWM``,
-reset through ``/proc/self/clear_refs`` between phases):
-
-- ``CPU_PROCESS_BYTES``: importing torch, transformers, PEFT, bitsandbytes, Lightning
-  and lit_lora peaks at 594 MiB (``python -c "import lit_lora.cli, lit_lora.model"``
-  and a ``fit`` before it loads anything alike); ``fit`` then imports and builds more
-  (tokenizer, data, Trainer, logger): ``configs/tiny.yaml`` for 2 steps peaks at
-  674 MiB, of which the estimate's tensors are 28 MiB, so 640 MiB is the process.
-- loading: a ``fit`` of ``configs/benchmark.yaml`` (SmolLM2-135M, 134.5M parameters)
-  peaks 935 MiB above the imports while loading from its float32 cache folder: the
-  513 MiB file, mapped, plus a 257 MiB bfloat16 copy, plus the 160 MiB quantized
-  model = 930 MiB predicted. After loading, RSS stays 422 MiB above the imports:
-  glibc keeps the freed copy and training reuses it, which is why the peak takes
-  the larger of loading and training rather than their sum. The run's overall peak
-  is 1,529-1,592 MiB over three runs, predicted 1,589 MiB.
-- activations: the tiny model at 16,384 tokens (``max_length`` 512, every row full)
-  peaks at 1,082-1,114 MiB without checkpointing (predicted 1,223) and 1,007 MiB with
-  it (predicted 1,007); the same tokens as 64 x 256 peak 115 MiB lower, the
-  attention probabilities (see :func:`materialises_attention`).
-
-The CPU measurements above were made with glibc's default heap; with the settings
-``python -m lit_lora`` starts with (:mod:`lit_lora.training.heap`) the tiny run at 32 x 512
-tokens peaks at 904 MiB (predicted 847: sdpa keeps no probabilities, see
-:func:`materialises_attention`).
+The constants come from peak RSS measured on CPU (``docs/memory.md`` has the
+measurements and how they were taken).
 
 It is an estimate: allocator fragmentation and temporary buffers come on top,
 which is why :mod:`lit_lora.training.planning` keeps a safety margin.
@@ -60,35 +35,18 @@ which is why :mod:`lit_lora.training.planning` keeps a safety margin.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 import torch
-from torch.optim import Optimizer
 
 # The loss's chunk of output-head rows: the logits component is one chunk.
 from lit_lora.model.loss import LOSS_CHUNK_ROWS
 from lit_lora.model.quantization import QuantizationSettings, resolve_dtype
-from lit_lora.model.replay import adapted_base_layers, masked_inputs
+from lit_lora.training.shape import ModelShape, quantized_bytes_per_param
 
-if TYPE_CHECKING:
-    from peft import PeftConfig, PeftModel
-    from transformers import PretrainedConfig
-
-# bitsandbytes 4-bit: two weights per byte, plus one float32 absmax per block of 64
-# weights; double quantization stores the absmax in 8 bits instead, with one float32
-# constant per 256 absmax values (QLoRA, Dettmers et al. 2023: 0.5 -> 0.127 bits/param).
-_BLOCK = 64
-_DOUBLE_QUANT_BLOCK = 256
-_FOUR_BIT = 0.5
-_ABSMAX = 4 / _BLOCK
-_DOUBLE_QUANT_ABSMAX = 1 / _BLOCK + 4 / (_BLOCK * _DOUBLE_QUANT_BLOCK)
-# LLM.int8(): one byte per weight (its per-row float32 scales are negligible).
-_EIGHT_BIT = 1.0
 # Activations per token and layer, in elements of the compute dtype (see activation_bytes).
 _HIDDEN_ACTIVATIONS = 16
 _INTERMEDIATE_ACTIVATIONS = 4
@@ -97,17 +55,8 @@ _LOSS_BYTES_PER_LOGIT = 8
 # What a CUDA context with cuBLAS takes before any tensor (about 0.5 GiB).
 CUDA_CONTEXT_BYTES = 512 * 2**20
 # The Python process of a CPU fit with its libraries, tokenizer, data and Trainer,
-# before any model tensor (measured: see the module docstring).
+# before any model tensor (measured: docs/memory.md).
 CPU_PROCESS_BYTES = 640 * 2**20
-# Optimizers keeping one state per parameter (momentum or a second moment alone);
-# the rest are taken to keep two, like Adam.
-_ONE_STATE_OPTIMIZERS = ("sgd", "lion", "rmsprop", "adagrad")
-# bitsandbytes 8-bit optimizers: one float32 scale per block of 256 state values,
-# and float32 states for tensors below 4096 elements.
-_EIGHT_BIT_BLOCK = 256
-_MIN_8BIT_SIZE = 4096
-# The optimizer of a config without one (lit_lora.training.optim.default_optimizer).
-DEFAULT_OPTIMIZER = "bitsandbytes.optim.PagedAdamW8bit"
 # Weight files a model folder may hold, for the bytes loading maps.
 _WEIGHT_FILES = ("*.safetensors", "*.bin")
 
@@ -124,210 +73,11 @@ def checkpointing_enabled(value: Any) -> bool:
     return value is not False
 
 
-def quantized_bytes_per_param(quantization: QuantizationSettings) -> float:
-    """Bytes per weight of a frozen linear layer stored as ``quantization`` says.
-
-    Args:
-        quantization: The run's quantization settings.
-    """
-    if quantization.mode in ("nf4", "fp4"):
-        return _FOUR_BIT + (_DOUBLE_QUANT_ABSMAX if quantization.double_quant else _ABSMAX)
-    if quantization.mode == "int8":
-        return _EIGHT_BIT
-    return resolve_dtype(quantization.compute_dtype).itemsize
-
-
-def state_bytes_per_tensor(
-    name: str, sizes: Sequence[int], momentum: float = 0.0, optim_bits: int = 32, min_8bit_size: int = _MIN_8BIT_SIZE
-) -> int:
-    """Bytes of optimizer state for parameter tensors of ``sizes`` elements: the one rule.
-
-    Adam-like optimizers keep two states per parameter, SGD with momentum, Lion,
-    RMSprop and Adagrad one, SGD without momentum none; each is 4 bytes (float32).
-    bitsandbytes 8-bit optimizers (``...8bit`` classes, or ``optim_bits: 8``) keep
-    each state in 1 byte plus one float32 scale per block of 256, except in tensors
-    smaller than ``min_8bit_size``, which stay float32. Unknown optimizers count as
-    Adam-like.
-
-    Args:
-        name: The optimizer's class name (``AdamW``, ``PagedAdamW8bit``...).
-        sizes: Elements of each parameter tensor it updates.
-        momentum: SGD's momentum (no state without it).
-        optim_bits: bitsandbytes' state width, 32 or 8.
-        min_8bit_size: bitsandbytes' smallest tensor with 8-bit states.
-    """
-    name = name.lower()
-    states = 1 if any(kind in name for kind in _ONE_STATE_OPTIMIZERS) else 2
-    if "sgd" in name and not momentum:
-        states = 0
-    eight_bit = "8bit" in name or optim_bits == 8
-
-    def per_state(size: int) -> int:
-        if eight_bit and size >= min_8bit_size:
-            return size + 4 * math.ceil(size / _EIGHT_BIT_BLOCK)
-        return 4 * size
-
-    return sum(states * per_state(size) for size in sizes)
-
-
-def optimizer_state_bytes(optimizer: Optimizer, parameters: list[torch.Tensor]) -> int:
-    """Bytes of optimizer state ``optimizer`` will keep for ``parameters`` once stepped.
-
-    Args:
-        optimizer: The optimizer, built but not yet stepped (states are made lazily).
-        parameters: The parameters it updates.
-    """
-    args = getattr(optimizer, "args", None)  # bitsandbytes optimizers keep their settings here
-    return state_bytes_per_tensor(
-        type(optimizer).__name__,
-        [p.numel() for p in parameters],
-        momentum=optimizer.defaults.get("momentum", 0.0),
-        optim_bits=getattr(args, "optim_bits", 32),
-        min_8bit_size=getattr(args, "min_8bit_size", _MIN_8BIT_SIZE),
-    )
-
-
-def configured_optimizer_state_bytes(
-    class_path: str | None, init_args: dict[str, Any], parameters: list[torch.Tensor]
-) -> int:
-    """Bytes of optimizer state of a config's optimizer for ``parameters``, without building it.
-
-    Args:
-        class_path: The optimizer's ``class_path``; None is lit_lora's default,
-            ``PagedAdamW8bit``.
-        init_args: Its ``init_args`` (``momentum``, ``optim_bits``, ``min_8bit_size``
-            matter here).
-        parameters: The parameters it would update (meta tensors will do).
-    """
-    name = (class_path or DEFAULT_OPTIMIZER).rsplit(".", 1)[-1]
-    return state_bytes_per_tensor(
-        name,
-        [p.numel() for p in parameters],
-        momentum=init_args.get("momentum", 0.0),
-        optim_bits=init_args.get("optim_bits", 32),
-        min_8bit_size=init_args.get("min_8bit_size", _MIN_8BIT_SIZE),
-    )
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the memory of a model depends on: parameter counts and layer sizes.
-
-    Args:
-        quantizable_params: Frozen weights of the linear layers bitsandbytes quantizes
-            (all but the output head).
-        other_params: The other frozen parameters: embeddings, norms, output head.
-        trainable_params: Adapter (and ``modules_to_save``) parameters.
-        hidden_size: Width of the residual stream.
-        intermediate_size: Width of the MLP.
-        num_layers: Transformer blocks.
-        num_heads: Attention heads.
-        vocab_size: Size of the output vocabulary.
-        adapted_outputs: Output features of all the layers under LoRA adapters,
-            summed: what selective checkpointing keeps per token.
-        masked_inputs: Input features of the adapted layers with LoRA dropout, summed:
-            the mask elements checkpointing on CPU keeps per token for its replay.
-    """
-
-    quantizable_params: int
-    other_params: int
-    trainable_params: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    vocab_size: int
-    adapted_outputs: int = 0
-    masked_inputs: int = 0
-
-    @classmethod
-    def from_model(cls, model: torch.nn.Module) -> ModelShape:
-        """Read the shape of a loaded (PEFT-wrapped, possibly quantized) causal LM.
-
-        bitsandbytes packs 4-bit weights, so a quantized layer is counted by its
-        ``in_features x out_features``, not by the size of its stored tensor. Linear
-        layers left unquantized count as ``other_params``.
-
-        Args:
-            model: The model as trained.
-        """
-        import bitsandbytes as bnb  # imported here: loading it probes CUDA and prints notes
-
-        quantized_layers = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
-        packed = {id(layer.weight) for layer in quantized_layers}
-        frozen = [p for p in model.parameters() if not p.requires_grad and id(p) not in packed]
-        config = model.config
-        return cls(
-            quantizable_params=sum(layer.in_features * layer.out_features for layer in quantized_layers),
-            other_params=sum(p.numel() for p in frozen),
-            trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-            hidden_size=config.hidden_size,
-            intermediate_size=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
-            num_layers=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            vocab_size=config.vocab_size,
-            adapted_outputs=sum(layer.out_features for layer in adapted_base_layers(model)),
-            masked_inputs=masked_inputs(model),
-        )
-
-    @classmethod
-    def from_config(
-        cls, config: PretrainedConfig, quantization: QuantizationSettings, peft_config: PeftConfig
-    ) -> ModelShape:
-        """The shape :meth:`from_model` reads from the loaded model, from its config alone.
-
-        See :func:`meta_model`: nothing is allocated and no weight is read.
-
-        Args:
-            config: The base model's config.
-            quantization: How the base is stored: which linear layers count as quantized.
-            peft_config: The adapter: which layers get one, and its rank.
-        """
-        return cls.from_model(meta_model(config, quantization, peft_config))
-
-
-def meta_model(config: PretrainedConfig, quantization: QuantizationSettings, peft_config: PeftConfig) -> PeftModel:
-    """The adapted model ``fit`` trains, built on the meta device: shapes without storage.
-
-    The linear layers are swapped for bitsandbytes' by transformers' own rule (the
-    one ``from_pretrained`` applies: all but the output head and tied weights), and
-    PEFT adds the adapter as it does on the loaded model, so counting parameters and
-    layers gives exactly what the loaded model has.
-
-    Args:
-        config: The base model's config.
-        quantization: How the base is stored.
-        peft_config: The adapter's PEFT config.
-    """
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-    from transformers.integrations import replace_with_bnb_linear
-    from transformers.quantizers.base import HfQuantizer
-
-    # torch.device("meta") ties the output head to the embeddings as loading does
-    # (accelerate's init_empty_weights leaves them two tensors).
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-        bnb_config = quantization.to_bnb_config()
-        if bnb_config is not None:
-            skip = HfQuantizer.get_modules_to_not_convert(
-                model, bnb_config.llm_int8_skip_modules, model._keep_in_fp32_modules
-            )
-            model = replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=bnb_config)
-        # Loading freezes the base (prepare_model_for_kbit_training, or PEFT itself).
-        model.requires_grad_(False)
-        return get_peft_model(model, peft_config)
-
-
 def materialises_attention(attn_implementation: str | None) -> bool:
     """Whether attention keeps its ``heads x t`` probabilities per token for backward.
 
-    Eager attention does; sdpa and flash attention do not, on CPU too (torch 2.13).
-    Measured on CPU with glibc's heap settings (:mod:`lit_lora.training.heap`), the tiny model
-    without checkpointing at 32 x 512 tokens: peak RSS 1,387 MiB with eager attention,
-    904 MiB with sdpa, the two layers' probabilities and their gradient apart. (With
-    glibc's default heap the sdpa run peaked at 1.08-1.11 GB, which had looked like
-    materialised probabilities.)
+    Eager attention does; sdpa and flash attention do not, on CPU too (measured:
+    ``docs/memory.md``).
 
     Args:
         attn_implementation: ``model.attn_implementation`` (None: transformers picks sdpa).
@@ -371,8 +121,8 @@ def activation_bytes(
         training: Whether a backward pass follows.
         replayed_masks: Whether checkpointing keeps the LoRA dropout masks for its
             recomputation (``lit_lora.model.replay``, on CPU): one byte per element,
-            ``shape.masked_inputs`` per token (on the benchmark 150 kB a token, twice
-            what full checkpointing keeps of the layers' inputs).
+            ``shape.masked_inputs`` per token (more than full checkpointing keeps of
+            the layers' inputs).
     """
     per_layer = _HIDDEN_ACTIVATIONS * shape.hidden_size + _INTERMEDIATE_ACTIVATIONS * shape.intermediate_size
     probabilities = shape.num_heads * max_length if eager_attention else 0
@@ -553,11 +303,8 @@ def retained_bytes(shape: ModelShape, quantization: QuantizationSettings) -> int
     Every forward and every backward dequantizes each 4-bit or 8-bit layer to the
     compute dtype, a few MB at a time, freed at once. glibc serves such blocks from
     its heap once it has raised its mmap threshold past them, and their holes, pinned
-    between tensors that live on, stay in the resident set. Measured on SmolLM2-135M
-    QLoRA (106M quantized weights, batch 8 x 91 tokens, 2-core CPU): peak RSS minus the
-    live tensors was 950-1,040 MiB in float32, with and without checkpointing, about
-    two passes' worth of dequantized weights (850 MiB); fixing the mmap threshold
-    instead returned it to the system at 2.2x the step time. With
+    between tensors that live on, stay in the resident set: about two passes' worth of
+    dequantized weights (measured: ``docs/memory.md``). With
     :data:`lit_lora.training.heap.HEAP_TUNABLES` (``python -m lit_lora``) the freed blocks merge
     and are reused, and the estimate counts none of this.
 

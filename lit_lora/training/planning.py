@@ -35,14 +35,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.training.heap import heap_tuned
-from lit_lora.training.memory import (
-    MemoryEstimate,
-    ModelShape,
-    available_memory,
-    estimate_memory,
-    materialises_attention,
-    optimizer_state_bytes,
-)
+from lit_lora.training.memory import MemoryEstimate, available_memory, estimate_memory, materialises_attention
+from lit_lora.training.shape import ModelShape, optimizer_state_bytes
 
 # Share of the available memory an estimate may take: the rest is for what it
 # leaves out (allocator fragmentation, temporary buffers, data loading).

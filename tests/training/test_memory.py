@@ -16,18 +16,17 @@ from transformers import AutoConfig
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.cli import main
-from lit_lora.training.memory import (
+from lit_lora.training.memory import checkpointing_enabled, estimate_memory
+from lit_lora.training.optim import default_optimizer
+from lit_lora.training.planning import checkpointing_modes, largest_fitting_batch, plan_batch
+from lit_lora.training.shape import (
     DEFAULT_OPTIMIZER,
     ModelShape,
-    checkpointing_enabled,
     configured_optimizer_state_bytes,
-    estimate_memory,
     meta_model,
     optimizer_state_bytes,
     quantized_bytes_per_param,
 )
-from lit_lora.training.optim import default_optimizer
-from lit_lora.training.planning import checkpointing_modes, largest_fitting_batch, plan_batch
 from tests.helpers.tiny import REPO
 
 SHAPE = ModelShape(
