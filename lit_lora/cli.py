@@ -140,7 +140,14 @@ class LitLoraCLI(LightningCLI):
         """
 
     def _adapter_as_ckpt_path(self, config: Namespace) -> None:
-        """Let ``validate``/``test``/``predict`` take a PEFT adapter folder as ``--ckpt_path``."""
+        """Let ``validate``/``test``/``predict`` take a PEFT adapter folder as ``--ckpt_path``.
+
+        The run's base must be the one the adapter was trained on (the base and
+        quantization in its ``training_config.yaml``), else it is refused with both
+        values and the fix: the config is what the run builds and saves.
+        """
+        from lit_lora.model.pretrained import check_configured_base
+
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None or not is_adapter_dir(ckpt_path):
             return
@@ -155,6 +162,7 @@ class LitLoraCLI(LightningCLI):
                 f"ckpt_path: '{ckpt_path}' and model.init_args.adapter_path: '{init_args.adapter_path}' name "
                 "two adapters; keep one."
             )
+        check_configured_base(Path(ckpt_path), init_args.as_dict())
         init_args.adapter_path = ckpt_path
         config.ckpt_path = None
 

@@ -17,6 +17,7 @@ GGUF or random-weights base is rebuilt exactly), else from PEFT's
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,16 +87,8 @@ class BaseModelSpec:
         config = training_config(adapter_dir)
         if config is not None:
             model = config.get("model") or {}
-            args = model.get("init_args", model)
-            quantization = args.get("quantization") or {}
-            return cls(
-                model_name_or_path=args["model_name_or_path"],
-                gguf_file=args.get("gguf_file"),
-                random_init=bool(args.get("random_init", False)),
-                seed=int(args.get("seed", 0)),
-                tokenizer_name_or_path=args.get("tokenizer_name_or_path"),
-                quantization=QuantizationSettings(**quantization),
-                source=f"{adapter_dir / TRAINING_CONFIG} model.init_args.model_name_or_path",
+            return cls.of_init_args(
+                model.get("init_args", model), f"{adapter_dir / TRAINING_CONFIG} model.init_args.model_name_or_path"
             )
         peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
         name = peft_config.get("base_model_name_or_path")
@@ -105,6 +98,25 @@ class BaseModelSpec:
                 f"{TRAINING_CONFIG}; pass --base with the model the adapter was trained on."
             )
         return cls(model_name_or_path=name, source=f"{adapter_dir / ADAPTER_CONFIG} base_model_name_or_path")
+
+    @classmethod
+    def of_init_args(cls, args: Mapping[str, Any], source: str) -> BaseModelSpec:
+        """The base a module's ``init_args`` (a saved training config's, or a run's) describe.
+
+        Args:
+            args: The module's constructor arguments, as plain values.
+            source: Where they were read from, named in errors.
+        """
+        quantization = args.get("quantization") or {}
+        return cls(
+            model_name_or_path=args["model_name_or_path"],
+            gguf_file=args.get("gguf_file"),
+            random_init=bool(args.get("random_init", False)),
+            seed=int(args.get("seed", 0)),
+            tokenizer_name_or_path=args.get("tokenizer_name_or_path"),
+            quantization=QuantizationSettings(**quantization),
+            source=source,
+        )
 
     def check(self) -> None:
         """Fail before loading anything when the base cannot be found on this machine."""

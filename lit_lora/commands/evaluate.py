@@ -1,7 +1,7 @@
 """``python -m lit_lora evaluate``: lm-evaluation-harness scores with and without an adapter.
 
-The base model is built the lit_lora way (quantized as the adapter was trained; GGUF
-and random-weights bases rebuilt from the adapter folder) and handed to lm-eval as a
+The base model is built as the adapter was trained (:mod:`lit_lora.model.pretrained`:
+quantized as then; GGUF and random-weights bases rebuilt from the adapter folder) and handed to lm-eval as a
 model object, so the harness scores the model that training validated. With
 ``--include_base true`` that one loaded model is scored twice, the second time with
 the adapter switched off: "with and without the adapter" is one command and one load.
@@ -16,28 +16,19 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from lit_lora.artifacts.adapter_dir import (
-    BaseModelSpec,
-    adapter_tokenizer_source,
-    base_spec,
-    check_adapter_dir,
-    trained_quantization,
-    trained_template,
-)
+from lit_lora.artifacts.adapter_dir import check_adapter_dir, trained_template
 from lit_lora.artifacts.tokenizer import load_tokenizer
 from lit_lora.data.render import has_chat_template, resolve_template
 from lit_lora.errors import ConfigError
 from lit_lora.eval_tasks import TASKS_DIR
-from lit_lora.model.loading import load_base_model
-from lit_lora.model.quantization import QuantizationSettings
+from lit_lora.model.pretrained import resolve_trained_model, shared_option_docs
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
@@ -46,6 +37,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'lit_lora[eval]'"
 
 
+@shared_option_docs
 def evaluate(
     tasks: list[str] | str,
     adapter: str | None = None,
@@ -78,18 +70,15 @@ def evaluate(
         adapter: Adapter folder written by ``fit`` (``<default_root_dir>/adapter``) or
             any PEFT LoRA adapter folder. Null scores the base model alone (``--base``
             is then required).
-        base: Base model folder or hub id, overriding the one the adapter records
-            (its ``training_config.yaml``, else PEFT's ``base_model_name_or_path``).
-        gguf_file: GGUF file inside ``base`` to read the base weights from.
+        base: {base}
+        gguf_file: {gguf_file}
         include_path: Extra folders of lm-eval task YAML files (searched recursively);
             lit_lora's task folder is always included. Data files named in a task's
             ``dataset_kwargs.data_files`` are read relative to the current directory.
         include_base: Also score the base model without the adapter, in the same run
             and from the same loaded model (the adapter is switched off for that pass).
             Without ``--adapter`` the base is what is scored anyway.
-        quantized: Load the base quantized as the adapter was trained (e.g. 4-bit NF4
-            for QLoRA), so the scores are those of the model training validated. False
-            loads the weights unquantized, as a merged model has them.
+        quantized: {quantized}
         apply_chat_template: Render each prompt as a user turn with the tokenizer's chat
             template (few-shot examples as earlier turns), as chat fine-tunes are
             trained. Null does as the adapter was trained: on unless its
@@ -112,12 +101,10 @@ def evaluate(
     adapter_dir = check_adapter_dir(adapter, "--adapter") if adapter is not None else None
     task_manager = build_task_manager(include_path)
     check_task_names(names, task_manager)
-    spec = base_spec([adapter_dir] if adapter_dir is not None else [], base, gguf_file)
-    tokenizer = load_tokenizer(*adapter_tokenizer_source(adapter_dir, spec))
+    trained = resolve_trained_model([adapter_dir] if adapter_dir is not None else [], base, gguf_file, quantized)
+    tokenizer = load_tokenizer(*trained.tokenizer_source())
     chat = resolve_chat_template(apply_chat_template, tokenizer, adapter_dir)
-    trained = trained_quantization(adapter_dir) if adapter_dir is not None else QuantizationSettings(mode="none")
-    quantization = trained if quantized else replace(trained, mode="none")
-    model = load_model(adapter_dir, spec, quantization)
+    model = trained.load()
 
     from lm_eval.models.huggingface import HFLM
 
@@ -144,9 +131,9 @@ def evaluate(
 
     setup = {
         "adapter": str(adapter_dir) if adapter_dir is not None else None,
-        "base": spec.model_name_or_path,
-        "gguf_file": spec.gguf_file,
-        "quantization": asdict(quantization),
+        "base": trained.spec.model_name_or_path,
+        "gguf_file": trained.spec.gguf_file,
+        "quantization": asdict(trained.spec.quantization),
         "apply_chat_template": chat,
         "num_fewshot": num_fewshot,
         "limit": limit,
@@ -156,23 +143,6 @@ def evaluate(
     if output is not None:
         write_report(report, Path(output).expanduser())
     return report
-
-
-def load_model(
-    adapter_dir: Path | None, spec: BaseModelSpec, quantization: QuantizationSettings
-) -> PreTrainedModel | PeftModel:
-    """The base model on the fastest device, with the adapter on it when there is one.
-
-    Args:
-        adapter_dir: The adapter folder, or None when scoring the base alone.
-        spec: The base model.
-        quantization: How the base weights are stored.
-    """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_base_model(spec.folder(), quantization, device)
-    if adapter_dir is None:
-        return model
-    return PeftModel.from_pretrained(model, adapter_dir)
 
 
 def task_names(tasks: list[str] | str) -> list[str]:

@@ -11,23 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from huggingface_hub import split_torch_state_dict_into_shards
-from peft import PeftModel
 from transformers import AutoConfig
 
-from lit_lora.artifacts.adapter_dir import (
-    adapter_tokenizer_source,
-    base_spec,
-    check_adapter_dir,
-    trained_quantization,
-)
+from lit_lora.artifacts.adapter_dir import check_adapter_dir, trained_quantization
 from lit_lora.artifacts.tokenizer import load_tokenizer
 from lit_lora.errors import ConfigError
-from lit_lora.model.loading import load_base_model
-from lit_lora.model.quantization import QuantizationSettings
+from lit_lora.model.pretrained import resolve_trained_model, shared_option_docs
 
 
+@shared_option_docs
 def merge(
     adapter: str,
     output: str,
@@ -50,10 +43,8 @@ def merge(
             or any PEFT LoRA adapter folder.
         output: Folder to write the merged model to; created if missing, and it
             must be empty so that no existing file is overwritten.
-        base: Base model folder or hub id, overriding the one the adapter records
-            (its ``training_config.yaml``, else PEFT's ``base_model_name_or_path``).
-            It must hold full-precision weights, not a pre-quantized checkpoint.
-        gguf_file: GGUF file inside ``base`` to read the base weights from.
+        base: {base} It must hold full-precision weights, not a pre-quantized checkpoint.
+        gguf_file: {gguf_file}
         dtype: dtype of the merged weights: ``bfloat16`` (half the size of
             float32, safe range), ``float16`` (for hardware without bf16), or
             ``float32`` (exact, twice the size).
@@ -67,29 +58,24 @@ def merge(
     output_dir = Path(output).expanduser()
     check_output_dir(output_dir)
     check_shard_size(max_shard_size)
-    spec = base_spec([adapter_dir], base, gguf_file)
-    folder = spec.folder()
-    check_full_precision(folder)
+    # On the CPU, so that models larger than the GPU merge too.
+    trained = resolve_trained_model([adapter_dir], base, gguf_file, quantized=False, device="cpu", compute_dtype=dtype)
+    check_full_precision(trained.spec.folder())
 
-    trained = trained_quantization(adapter_dir)
-    if trained.quantized:
+    trained_as = trained_quantization(adapter_dir)
+    if trained_as.quantized:
         print(
             "lit_lora: note: the adapter was trained on the base quantized to "
-            f"{trained.mode}; it is merged into the full-precision {dtype} weights, so "
+            f"{trained_as.mode}; it is merged into the full-precision {dtype} weights, so "
             "the merged model differs slightly from the quantized base + adapter that "
             "training and validation measured. Evaluate the merged model."
         )
 
-    tokenizer = load_tokenizer(*adapter_tokenizer_source(adapter_dir, spec))
-    model = load_base_model(
-        folder,
-        QuantizationSettings(mode="none", compute_dtype=dtype),
-        torch.device("cpu"),
-    )
+    tokenizer = load_tokenizer(*trained.tokenizer_source())
     # In place: each weight gets its update added where it lies, so no layer is
     # copied (PEFT's safe_merge clones each one, and freed clones stay in the
     # allocator: +200 MB resident on a 135M model). Tied weights stay one tensor.
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged = trained.load().merge_and_unload()
     merged.save_pretrained(output_dir, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(output_dir)
     print(f"lit_lora: merged model written to {output_dir}")

@@ -191,7 +191,7 @@ def refuse_to_load(*args, **kwargs):
     ids=["unknown task", "missing include path", "empty limit", "output folder"],
 )
 def test_bad_settings_fail_before_any_model_loads(tiny_adapters, monkeypatch, capsys, options, message):
-    monkeypatch.setattr("lit_lora.commands.evaluate.load_base_model", refuse_to_load)
+    monkeypatch.setattr("lit_lora.model.pretrained.load_base_model", refuse_to_load)
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--adapter", str(tiny_adapters[0]), *options])
     assert exit_info.value.code == 2

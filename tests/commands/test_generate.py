@@ -296,7 +296,7 @@ def test_bad_input_fails_with_the_option_and_the_fix_before_loading(
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded despite bad input")
 
-    monkeypatch.setattr("lit_lora.commands.generate.load_base_model", refuse)
+    monkeypatch.setattr("lit_lora.model.pretrained.load_base_model", refuse)
     bad_rows = tmp_path / "rows.jsonl"
     bad_rows.write_text('{"prompt": "ok"}\n{"question": "no"}\n')
     adapters, options = list(tiny_adapters), with_prompts(PROMPTS)

@@ -18,7 +18,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from lit_lora import LoRAModule, LoRASettings
 from lit_lora.artifacts.adapter_dir import base_spec
 from lit_lora.cli import main
-from lit_lora.commands import merge as merge_command
 from lit_lora.commands.merge import merge
 from lit_lora.model.loading import load_base_model, random_weights_folder
 from lit_lora.model.quantization import QuantizationSettings
@@ -166,7 +165,7 @@ def nothing_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("merge loaded the model before rejecting its input")
 
-    monkeypatch.setattr(merge_command, "load_base_model", fail)
+    monkeypatch.setattr("lit_lora.model.pretrained.load_base_model", fail)
 
 
 def quantized_base(folder: Path) -> Path:
