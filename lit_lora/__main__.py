@@ -1,12 +1,15 @@
 """``python -m lit_lora`` and the ``lit-lora`` command."""
 
-from lit_lora.training.heap import relaunch_with_tuned_heap
+import sys
+
+from lit_lora.training.heap import relaunch_with_tuned_heap, restart_pays
 
 
 def main() -> None:
-    """Start the CLI, in a process whose heap runs with lit_lora's glibc settings (:mod:`lit_lora.training.heap`)."""
+    """Start the CLI; a training command first restarts with glibc heap settings (:mod:`lit_lora.training.heap`)."""
     # Before torch is imported: the re-executed process starts from here again.
-    relaunch_with_tuned_heap()
+    if restart_pays(sys.argv[1:]):
+        relaunch_with_tuned_heap()
     from lit_lora.cli import main as cli_main
 
     cli_main()
