@@ -225,11 +225,14 @@ def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCL
     from lightning.pytorch import LightningDataModule
 
     from lit_lora.model import LoRAModule
+    from lit_lora.training.heap import RESTART_NOTE, TRAINING_COMMANDS
 
     return cli_class(
         LoRAModule,
         # Any data module: SFT, classification and preference data share no base beyond this.
         LightningDataModule,
+        # ``fit --help`` and the like say how the process restarts with glibc's heap settings.
+        parser_kwargs={command: {"description": RESTART_NOTE} for command in TRAINING_COMMANDS},
         subclass_mode_model=True,
         subclass_mode_data=True,
         # The module builds its own optimizer from the trainable parameters only and
