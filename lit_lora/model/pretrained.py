@@ -108,19 +108,19 @@ class TrainedModel:
         """The tokenizer trained with: the first adapter's copy, else the base's."""
         return adapter_tokenizer_source(self.adapters[0] if self.adapters else None, self.spec)
 
-    def load(self, adapter_names: Sequence[str] | None = None) -> PreTrainedModel | PeftModel:
+    def load(self, adapter_names: Sequence[str] = ("default",)) -> PreTrainedModel | PeftModel:
         """Load the base once and every adapter onto it; the base alone without adapters.
 
         Args:
-            adapter_names: The PEFT adapter name of each adapter, in order; None names
-                the first ``default`` (PEFT's own default) and the others ``adapter_N``.
+            adapter_names: The PEFT adapter name of each adapter, in order; PEFT's own
+                ``default`` for a single adapter.
         """
         model = load_base_model(self.spec.folder(), self.spec.quantization, self.device)
         if not self.adapters:
             return model
-        names = list(adapter_names or ["default", *(f"adapter_{n}" for n in range(1, len(self.adapters)))])
-        model = PeftModel.from_pretrained(model, self.adapters[0], adapter_name=names[0])
-        for adapter, name in zip(self.adapters[1:], names[1:], strict=True):
+        (first, first_name), *others = zip(self.adapters, adapter_names, strict=True)
+        model = PeftModel.from_pretrained(model, first, adapter_name=first_name)
+        for adapter, name in others:
             model.load_adapter(adapter, adapter_name=name)
         return model
 
@@ -193,7 +193,7 @@ def _describe(spec: BaseModelSpec) -> str:
     return ", ".join(fields)
 
 
-def check_configured_base(adapter_dir: Path, init_args: Mapping[str, Any], field: str = "model.init_args") -> None:
+def check_configured_base(adapter_dir: Path, init_args: Mapping[str, Any]) -> None:
     """Fail when a run would measure an adapter on another base than it was trained on.
 
     ``validate``/``test``/``predict --ckpt_path <adapter folder>`` build the base from
@@ -204,13 +204,13 @@ def check_configured_base(adapter_dir: Path, init_args: Mapping[str, Any], field
     Args:
         adapter_dir: The adapter folder given as ``--ckpt_path``.
         init_args: The run's ``model.init_args``, as plain values.
-        field: Where ``init_args`` sit in the config, named in the message.
 
     Raises:
         ConfigError: A base setting differs, naming both values and the fix.
     """
     if not (adapter_dir / TRAINING_CONFIG).is_file():
         return
+    field = "model.init_args"
     trained = _base_settings(BaseModelSpec.of_adapter(adapter_dir))
     configured = _base_settings(BaseModelSpec.of_init_args(init_args, source=field))
     differences = [
