@@ -58,9 +58,9 @@ RESTART_VARIABLE = "LIT_LORA_HEAP_RESTART"
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 # What ``fit --help`` and the other training commands' help say about the restart.
 RESTART_NOTE = (
-    f"On a Linux machine without a visible CUDA device, the process restarts itself once, before "
+    "On a Linux machine without a visible CUDA device, the process restarts itself once, before "
     f"loading anything, with {TUNABLES_VARIABLE}={':'.join(f'{k}={v}' for k, v in HEAP_TUNABLES.items())} "
-    f"(keys you set yourself keep your values), which keeps glibc's heap near the live tensors; "
+    "(keys you set yourself keep your values), which keeps glibc's heap near the live tensors; "
     f"{RESTART_VARIABLE}=0 turns the restart off."
 )
 # The name of the console script (pyproject.toml's [project.scripts]).
