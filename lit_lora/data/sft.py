@@ -433,13 +433,48 @@ class SFTDataModule(LightningDataModule):
             part.prompts = [self._prompt_example(row, part.format) for row in part.rows]
         return part.prompts
 
-    def _prompt_example(self, row: Mapping[str, Any], format: str) -> PromptExample:
-        segments = self.render(row, format)
+    def encode_prompt(self, row: Mapping[str, Any], format: str) -> list[int]:
+        """The prompt token ids of one row that has no final response, as generation feeds them to the model.
+
+        Rendered and tokenized exactly as training renders the prompt part of the same
+        row with a response (the chat template up to and including the assistant header,
+        or the plain template of the format), and never truncated: the same ids
+        :meth:`prompt_examples` gives. Loads the tokenizer when it is not loaded yet.
+
+        Args:
+            row: ``{"prompt": ...}`` for ``prompt_completion``; ``{"instruction": ...,
+                "input": ...}`` (input optional) for ``alpaca``; ``{"messages": [...]}``
+                ending with a user turn for ``messages``.
+            format: ``prompt_completion``, ``alpaca`` or ``messages``.
+
+        Raises:
+            ConfigError: The format is none of those, or the row does not fit it.
+        """
+        self.load_tokenizer()
+        # The prompt part of a rendering never depends on the response after it, so any
+        # stand-in reply gives the prompt's segments as training cuts them.
+        if format == "prompt_completion":
+            row = {**row, "completion": "?"}
+        elif format == "alpaca":
+            row = {**row, "output": "?"}
+        elif format == "messages":
+            row = {**row, "messages": [*row["messages"], {"role": "assistant", "content": "?"}]}
+        else:
+            raise ConfigError(
+                f"format '{format}': prompts are read as prompt_completion, alpaca or messages. Fix: use one of those."
+            )
+        return self._prompt_ids(self.render(row, format))
+
+    def _prompt_ids(self, segments: list[Segment]) -> list[int]:
+        """The ids of the segments before the last trained one: the prompt of its last response."""
         last = max(index for index, segment in enumerate(segments) if segment.trained)
+        return self.encode(segments[:last])["input_ids"]
+
+    def _prompt_example(self, row: Mapping[str, Any], format: str) -> PromptExample:
         reference = next(
             turn["content"] for turn in reversed(self.to_conversation(row, format)) if turn["role"] == "assistant"
         )
-        return PromptExample(self.encode(segments[:last])["input_ids"], reference)
+        return PromptExample(self._prompt_ids(self.render(row, format)), reference)
 
     def _eval_dataloader(self, split: Split) -> DataLoader | list:
         examples = self.dataset(split)
@@ -536,7 +571,7 @@ class SFTDataModule(LightningDataModule):
         ``format`` and ``fields`` default to the module's own (those of a mix's set
         are passed in).
         """
-        self._load_tokenizer()
+        self.load_tokenizer()
         source = f"{field} '{value}'"
         rows = rename_fields(load_split(value, field, default_split), self.fields if fields is None else fields, source)
         format = resolve_format(format or self.format, rows.column_names, source, self.format_columns)
@@ -577,7 +612,12 @@ class SFTDataModule(LightningDataModule):
             part.source,
         )
 
-    def _load_tokenizer(self) -> None:
+    def load_tokenizer(self) -> None:
+        """Load the tokenizer (once) and decide between chat and plain rendering.
+
+        Raises:
+            ConfigError: The tokenizer has no EOS token.
+        """
         if self.tokenizer is not None:
             return
         tokenizer = load_data_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
