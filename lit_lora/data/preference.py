@@ -97,23 +97,29 @@ class PreferenceDataModule(SFTDataModule):
             )
 
     def to_conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
+        """The prompt with the chosen response, or the rejected one for its internal format."""
         if format == _REJECTED:
             return preference_conversation(row, "rejected")
         return preference_conversation(row, "chosen")
 
-    def _longest_examples(self) -> list[int]:
-        # The statistics describe the chosen side; a batch is as long as its longest side.
+    def longest_examples(self) -> list[int]:
+        """The longest kept example of each prepared split, of either side.
+
+        The statistics describe the chosen side; a batch is as long as its longest side.
+        """
         rejected = [
-            int(token_lengths(part.examples, "rejected_input_ids").max())
-            for part in self._splits.values()
-            if part is not None and len(part.examples)
+            int(token_lengths(examples, "rejected_input_ids").max())
+            for examples in map(self.dataset, self.stats)
+            if examples is not None and len(examples)
         ]
-        return super()._longest_examples() + rejected
+        return super().longest_examples() + rejected
 
     def collator(self) -> PairCollator:
+        """Batches pairs: the chosen sequences, then the rejected (see :class:`PairCollator`)."""
         return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
     def encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
+        """Encode both sides of a pair; the rejected side's columns are prefixed ``rejected_``."""
         chosen = super().encode_row(row, index, format, source, path)
         rejected = super().encode_row(row, index, _REJECTED, source, path)
         return {

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from datasets import Dataset, concatenate_datasets
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
+from torch.utils.data import DataLoader, Sampler
 
-from lit_lora.artifacts.tokenizer import load_data_tokenizer, one_thread_per_process
+from lit_lora.artifacts.tokenizer import one_thread_per_process
+from lit_lora.data.base import STAGE_SPLITS, Split, TaskDataModule, check_at_least
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.encode import Example, encode_segments, sequence_prefix
-from lit_lora.data.files import check_split_files, load_split
+from lit_lora.data.files import load_split
 from lit_lora.data.formats import (
     FORMAT_COLUMNS,
     Conversation,
@@ -46,44 +43,9 @@ from lit_lora.data.render import (
     render_plain_prompt_completion,
     resolve_template,
 )
-from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
-from lit_lora.data.sampler import EpochShuffleSampler, LengthGroupedSampler
-from lit_lora.data.split import holdout_split
+from lit_lora.data.sampler import LengthGroupedSampler
 from lit_lora.data.stats import SplitStats, format_stats, split_stats, token_lengths
 from lit_lora.errors import ConfigError
-
-Split = Literal["train", "validation", "test", "predict"]
-
-# What each Lightning stage reads; None (a direct call) prepares everything.
-_STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
-    "fit": ("train", "validation"),
-    "validate": ("validation",),
-    "test": ("test",),
-    "predict": ("predict",),
-    None: ("train", "validation", "test", "predict"),
-}
-
-# Attributes that never change how a row is tokenized, left out of the tokenization cache key.
-_NOT_IN_EXAMPLES = (
-    "trainer",
-    "train_file",
-    "val_file",
-    "val_fraction",
-    "test_file",
-    "predict_file",
-    "batch_size",
-    "effective_batch_size",
-    "eval_batch_size",
-    "num_workers",
-    "num_proc",
-    "pad_to_multiple_of",
-    "seed",
-    "packing",
-    "packing_split",
-    "group_by_length",
-    "fields",
-    "mix",
-)
 
 
 @dataclass
@@ -97,7 +59,7 @@ class _Part:
     prompts: list[PromptExample] | None = None
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(TaskDataModule):
     """Supervised fine-tuning data: prompt/response examples, tokenized with masked prompts.
 
     Reads ``prompt_completion``, ``alpaca`` or ``messages`` data from local
@@ -184,6 +146,24 @@ class SFTDataModule(LightningDataModule):
     format_columns: ClassVar[Mapping[str, Sequence[str]]] = FORMAT_COLUMNS
     # What a tokenized example keeps for batching (a subclass adds its own columns).
     example_columns: ClassVar[tuple[str, ...]] = ("input_ids", "labels")
+    encoding_settings: ClassVar[tuple[str, ...]] = (
+        *TaskDataModule.encoding_settings,
+        "format",
+        "template",
+        "train_on_prompt",
+    )
+    # Column renames happen before encoding; a mix's sets are read like single files.
+    loader_settings: ClassVar[tuple[str, ...]] = (
+        *TaskDataModule.loader_settings,
+        "num_proc",
+        "pad_to_multiple_of",
+        "packing",
+        "packing_split",
+        "group_by_length",
+        "fields",
+        "mix",
+    )
+    encoding_state: ClassVar[tuple[str, ...]] = ("_mode", "_prefix")
 
     def __init__(
         self,
@@ -211,8 +191,21 @@ class SFTDataModule(LightningDataModule):
         tokenizer_name_or_path: str | None = None,
         gguf_file: str | None = None,
     ) -> None:
-        super().__init__()
-        check_split_files(train_file, val_file, val_fraction, test_file, predict_file)
+        super().__init__(
+            train_file,
+            val_file,
+            val_fraction,
+            test_file,
+            predict_file,
+            max_length,
+            batch_size,
+            effective_batch_size,
+            eval_batch_size,
+            num_workers,
+            seed,
+            tokenizer_name_or_path,
+            gguf_file,
+        )
         check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
         if packing and group_by_length:
             raise ConfigError(
@@ -226,42 +219,17 @@ class SFTDataModule(LightningDataModule):
             )
         check_format_name(format, self.format_columns)
         check_template_name(template)
-        for field, value, smallest in (
-            ("max_length", max_length, 1),
-            ("batch_size", None if batch_size == "auto" else batch_size, 1),
-            ("effective_batch_size", effective_batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("num_proc", num_proc, 1),
-            ("pad_to_multiple_of", pad_to_multiple_of, 1),
-        ):
-            if value is not None and value < smallest:
-                raise ConfigError(f"data.{field}: {value} is below {smallest}. Fix: set it to at least {smallest}.")
-        self.train_file = train_file
-        self.val_file = val_file
-        self.val_fraction = val_fraction
-        self.test_file = test_file
-        self.predict_file = predict_file
+        check_at_least(num_proc=(num_proc, 1), pad_to_multiple_of=(pad_to_multiple_of, 1))
         self.format = format
         self.template = template
-        self.max_length = max_length
         self.train_on_prompt = train_on_prompt
-        # "auto" until lit_lora.training.planning resolves it, once the model is loaded.
-        self.batch_size = batch_size
-        self.effective_batch_size = effective_batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
         self.num_proc = num_proc
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.seed = seed
         self.packing = packing
         self.packing_split = packing_split
         self.group_by_length = group_by_length
         self.fields = dict(fields or {})
         self.mix = list(mix or [])
-        self.tokenizer_name_or_path = tokenizer_name_or_path
-        self.gguf_file = gguf_file
-        self.tokenizer: PreTrainedTokenizerBase | None = None
         # Examples dropped for lack of a trained token within max_length, per split.
         self.dropped: dict[str, int] = {}
         # Statistics of each split read from its own data (see lit_lora.data.stats).
@@ -320,65 +288,44 @@ class SFTDataModule(LightningDataModule):
         return encode_segments(self.tokenizer, segments, self._prefix, max_length)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the tokenizer, then read, check and tokenize the data the stage needs.
-
-        Safe to call again: splits already prepared are kept.
+        """Load the tokenizer, then read, check and tokenize the data the stage needs; log the statistics of ``fit``.
 
         Args:
             stage: ``fit``, ``validate``, ``test``, ``predict``, or ``None`` for all.
         """
-        for split in _STAGE_SPLITS[stage]:
-            self._split(split)
+        super().setup(stage)
         if stage == "fit":
-            fit_stats = {split: self.stats[split] for split in _STAGE_SPLITS["fit"] if split in self.stats}
+            fit_stats = {split: self.stats[split] for split in STAGE_SPLITS["fit"] if split in self.stats}
             rank_zero_info(f"Data statistics:\n{format_stats(fit_stats)}")
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches, right-padded or packed; each epoch's order is fixed by ``seed``."""
-        examples = self._split("train").examples
-        dataset, collate = examples, self.collator()
+    def train_dataset(self) -> Dataset | PackedDataset:
+        """The training examples, as packs of them with ``packing``."""
+        return PackedDataset(self.dataset("train")) if self.packing else self.dataset("train")
+
+    def train_sampler(self, dataset: Dataset | PackedDataset) -> Sampler[int]:
+        """The training order, fixed by ``seed``: drawn from ``mix``, packed, grouped by length, or shuffled.
+
+        Args:
+            dataset: What :meth:`train_dataset` returned.
+        """
         if self.mix:
-            sampler = MixSampler(self._mix_sizes, [source.weight for source in self.mix], self.seed)
-        elif self.packing:
-            sampler = PackingSampler(
-                token_lengths(examples).tolist(), self.max_length, self.seed, split=self.packing_split
-            )
-            dataset, collate = (
-                PackedDataset(examples),
-                PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of),
-            )
-        elif self.group_by_length:
-            sampler = LengthGroupedSampler(token_lengths(examples).tolist(), self.batch_size, self.seed)
-        else:
-            sampler = EpochShuffleSampler(len(examples), self.seed)
-        return ResumableDataLoader(
-            dataset,
-            batch_sampler=ResumableBatchSampler(sampler, self.batch_size, drop_last=False),
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            generator=self._generator(),
-        )
+            return MixSampler(self._mix_sizes, [source.weight for source in self.mix], self.seed)
+        if self.packing:
+            lengths = token_lengths(self.dataset("train")).tolist()
+            return PackingSampler(lengths, self.max_length, self.seed, split=self.packing_split)
+        if self.group_by_length:
+            return LengthGroupedSampler(token_lengths(dataset).tolist(), self.batch_size, self.seed)
+        return super().train_sampler(dataset)
 
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation batches, or ``[]`` (no validation) when there is no validation data."""
-        return self._eval_dataloader("validation")
-
-    def test_dataloader(self) -> DataLoader | list:
-        """Test batches from ``test_file``, else the validation data; ``[]`` when there is none."""
-        return self._eval_dataloader("test")
+    def train_collator(self) -> SFTCollator | PackedCollator:
+        """What batches training examples: a :class:`PackedCollator` with ``packing``, else :meth:`collator`."""
+        if self.packing:
+            return PackedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        return self.collator()
 
     def predict_dataloader(self) -> DataLoader | list:
         """Left-padded prompt batches with their ``reference`` texts, for generation."""
-        prompts = self.prompt_examples("predict")
-        if not prompts:
-            return []
-        return DataLoader(
-            prompts,
-            batch_size=self.eval_batch_size,
-            collate_fn=PromptCollator(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-            generator=self._generator(),
-        )
+        return self.eval_loader(self.prompt_examples("predict"), PromptCollator(self.tokenizer.pad_token_id))
 
     def longest_batch_length(self) -> int:
         """Tokens per sequence of the longest batch the prepared splits can make.
@@ -388,14 +335,13 @@ class SFTDataModule(LightningDataModule):
         ``pad_to_multiple_of``), or ``max_length`` with packing, which fills
         sequences to it, or when no split is prepared yet.
         """
-        lengths = self._longest_examples()
-        if self.packing or not lengths:
+        if self.packing:
             return self.max_length
         multiple = self.pad_to_multiple_of or 1
-        return min(self.max_length, -(-max(lengths) // multiple) * multiple)
+        return min(self.max_length, -(-super().longest_batch_length() // multiple) * multiple)
 
-    def _longest_examples(self) -> list[int]:
-        """The token length of the longest kept example of each prepared split."""
+    def longest_examples(self) -> list[int]:
+        """The token length of the longest kept example of each prepared split, from its statistics."""
         return [stats.max_length for stats in self.stats.values()]
 
     def dataset(self, split: Split) -> Dataset | None:
@@ -476,25 +422,6 @@ class SFTDataModule(LightningDataModule):
         )
         return PromptExample(self._prompt_ids(self.render(row, format)), reference)
 
-    def _eval_dataloader(self, split: Split) -> DataLoader | list:
-        examples = self.dataset(split)
-        if not examples:
-            return []
-        return DataLoader(
-            examples,
-            batch_size=self.eval_batch_size,
-            collate_fn=self.collator(),
-            num_workers=self.num_workers,
-            generator=self._generator(),
-        )
-
-    def _generator(self) -> torch.Generator:
-        # Every DataLoader iterator draws its workers' base seed from this generator, or
-        # from the global RNG when there is none: a validation pass would then shift the
-        # dropout masks of all later training steps, and a resumed run (which skips the
-        # validation the interrupted run did) could not reproduce them.
-        return torch.Generator().manual_seed(self.seed)
-
     def collator(self) -> SFTCollator:
         """What batches the examples of training (unpacked), validation and test: an :class:`SFTCollator`.
 
@@ -508,19 +435,14 @@ class SFTDataModule(LightningDataModule):
         return self._splits[split]
 
     def _load(self, split: Split) -> None:
-        if split == "validation" and self.val_file is not None:
-            self._splits[split] = self._keep_supervised(split, self._read("data.val_file", self.val_file, "validation"))
-        elif split in ("train", "validation"):
+        if self.resolve(split) != split:
+            self._splits[split] = self._split("validation")
+            return
+        field, value, default_split = self.source(split)
+        if field == "data.train_file":
             self._load_train_file()
         else:
-            field, value = (
-                ("data.test_file", self.test_file) if split == "test" else ("data.predict_file", self.predict_file)
-            )
-            self._splits[split] = (
-                self._split("validation")
-                if value is None
-                else self._keep_supervised(split, self._read(field, value, "test"))
-            )
+            self._splits[split] = self._keep_supervised(split, self._read(field, value, default_split))
 
     def _load_train_file(self) -> None:
         """Prepare the train split, and the validation split when it is held out of the training file."""
@@ -528,9 +450,8 @@ class SFTDataModule(LightningDataModule):
             self._load_mix()
             return
         part = self._read("data.train_file", self.train_file, "train")
-        rows: Sequence[int] | np.ndarray = range(len(part.rows))
-        if self.val_fraction > 0:
-            rows, held_out = holdout_split(len(rows), self.val_fraction, self.seed)
+        rows, held_out = self.holdout(len(part.rows))
+        if held_out is not None:
             self._splits["validation"] = self._keep_supervised("validation", part, held_out)
         elif self.val_file is None:
             self._splits["validation"] = None
@@ -577,7 +498,7 @@ class SFTDataModule(LightningDataModule):
         format = resolve_format(format or self.format, rows.column_names, source, self.format_columns)
         with one_thread_per_process():
             examples = rows.map(
-                self._detached().encode_row,
+                self.encoder().encode_row,
                 with_indices=True,
                 fn_kwargs={"format": format, "source": source, "path": value},
                 remove_columns=rows.column_names,
@@ -620,32 +541,16 @@ class SFTDataModule(LightningDataModule):
         """
         if self.tokenizer is not None:
             return
-        tokenizer = load_data_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
-        self._mode = resolve_template(self.template, tokenizer)
-        if tokenizer.eos_token is None:
+        super().load_tokenizer()
+        self._mode = resolve_template(self.template, self.tokenizer)
+        if self.tokenizer.eos_token is None:
             raise ConfigError(
                 f"tokenizer '{self.tokenizer_name_or_path}' has no EOS token, which ends every response and pads "
                 "batches. Fix: use a tokenizer that defines eos_token."
             )
         # A chat template writes BOS itself when the model wants one; adding the
         # tokenizer's own prefix on top would double it.
-        self._prefix = sequence_prefix(tokenizer) if self._mode == "plain" else []
-        self.tokenizer = tokenizer
-
-    def _detached(self) -> SFTDataModule:
-        """A copy that keeps only what shapes an example: the tokenizer and rendering settings.
-
-        ``Dataset.map`` pickles its function to worker processes and hashes it into the
-        cache key. The trainer cannot be pickled, loaded data would change the key from
-        one call to the next, and batching settings would make a new batch size
-        tokenize everything again.
-        """
-        clone = copy.copy(self)
-        clone.__dict__.update(dict.fromkeys(_NOT_IN_EXAMPLES))
-        clone.dropped = {}
-        clone.stats = {}
-        clone._splits = {}
-        return clone
+        self._prefix = sequence_prefix(self.tokenizer) if self._mode == "plain" else []
 
     def encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
         """Render and tokenize one row of a data file, as ``Dataset.map`` calls it.
