@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from datasets import Dataset
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
 
-from lit_lora.artifacts.tokenizer import load_data_tokenizer
+from lit_lora.data.base import Split, TaskDataModule
 from lit_lora.data.diagnose import row_location
-from lit_lora.data.files import check_split_files, load_split
-from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
-from lit_lora.data.sampler import EpochShuffleSampler
-from lit_lora.data.split import holdout_split
+from lit_lora.data.files import load_split
 from lit_lora.errors import ConfigError
-
-Split = Literal["train", "validation", "test", "predict"]
-_STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
-    "fit": ("train", "validation"),
-    "validate": ("validation",),
-    "test": ("test",),
-    "predict": ("predict",),
-    None: ("train", "validation", "test", "predict"),
-}
 
 
 def label_name(value: Any) -> str:
@@ -65,7 +50,7 @@ class ClassificationCollator:
         return batch
 
 
-class ClassificationDataModule(LightningDataModule):
+class ClassificationDataModule(TaskDataModule):
     """Labelled texts for sequence classification, from CSV, JSON Lines, JSON or Parquet files.
 
     Each row has a text and a label. Label names map to class ids in the order of
@@ -101,6 +86,14 @@ class ClassificationDataModule(LightningDataModule):
         gguf_file: GGUF file holding the tokenizer; the CLI fills it in from the model.
     """
 
+    encoding_settings: ClassVar[tuple[str, ...]] = (
+        *TaskDataModule.encoding_settings,
+        "text_field",
+        "label_field",
+        "labels",
+    )
+    loader_settings: ClassVar[tuple[str, ...]] = (*TaskDataModule.loader_settings, "class_weights")
+
     def __init__(
         self,
         train_file: str | None = None,
@@ -121,35 +114,31 @@ class ClassificationDataModule(LightningDataModule):
         tokenizer_name_or_path: str | None = None,
         gguf_file: str | None = None,
     ) -> None:
-        super().__init__()
-        check_split_files(train_file, val_file, val_fraction, test_file, predict_file)
+        super().__init__(
+            train_file,
+            val_file,
+            val_fraction,
+            test_file,
+            predict_file,
+            max_length,
+            batch_size,
+            effective_batch_size,
+            eval_batch_size,
+            num_workers,
+            seed,
+            tokenizer_name_or_path,
+            gguf_file,
+        )
         if labels is not None and len(set(map(label_name, labels))) != len(labels):
             raise ConfigError(f"data.labels: {labels} names a label twice. Fix: list each label once.")
         if labels is not None and len(labels) < 2:
             raise ConfigError(f"data.labels: {labels} has fewer than 2 classes. Fix: list every class.")
         if isinstance(class_weights, list) and any(weight <= 0 for weight in class_weights):
             raise ConfigError(f"data.class_weights: {class_weights} must all be > 0.")
-        for field, value in (("max_length", max_length), ("eval_batch_size", eval_batch_size)):
-            if value is not None and value < 1:
-                raise ConfigError(f"data.{field}: {value} is below 1. Fix: set it to at least 1.")
-        self.train_file = train_file
-        self.val_file = val_file
-        self.val_fraction = val_fraction
-        self.test_file = test_file
-        self.predict_file = predict_file
         self.text_field = text_field
         self.label_field = label_field
         self.labels = None if labels is None else [label_name(label) for label in labels]
         self.class_weights = class_weights
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.effective_batch_size = effective_batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.tokenizer_name_or_path = tokenizer_name_or_path
-        self.gguf_file = gguf_file
-        self.tokenizer: PreTrainedTokenizerBase | None = None
         self._splits: dict[str, Dataset | None] = {}
         self._texts: dict[str, tuple[list[str], list[str | None]]] = {}
 
@@ -198,46 +187,23 @@ class ClassificationDataModule(LightningDataModule):
         if stage != "predict":
             names = self.label_names()
             rank_zero_info(f"lit_lora: {len(names)} labels: {', '.join(f'{i}={n}' for i, n in enumerate(names))}")
-        for split in _STAGE_SPLITS[stage]:
-            self.dataset(split)
+        super().setup(stage)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; each epoch's order is fixed by ``seed``."""
-        examples = self.dataset("train")
-        return ResumableDataLoader(
-            examples,
-            batch_sampler=ResumableBatchSampler(
-                EpochShuffleSampler(len(examples), self.seed), self.batch_size, drop_last=False
-            ),
-            collate_fn=ClassificationCollator(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+    def collator(self) -> ClassificationCollator:
+        """Right-pads texts into batches with their class ids: a :class:`ClassificationCollator`."""
+        return ClassificationCollator(self.tokenizer.pad_token_id)
 
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation batches, or ``[]`` when there is no validation data."""
-        return self._eval_dataloader("validation")
-
-    def test_dataloader(self) -> DataLoader | list:
-        """Test batches from ``test_file``, else the validation rows."""
-        return self._eval_dataloader("test")
-
-    def predict_dataloader(self) -> DataLoader | list:
-        """Batches of the texts to classify, with ``index`` giving each one's row."""
-        return self._eval_dataloader("predict")
-
-    def longest_batch_length(self) -> int:
-        """Tokens of the longest text read (the longest padded batch), at most ``max_length``."""
-        lengths = [max(map(len, split["input_ids"]), default=0) for split in self._splits.values() if split is not None]
-        return max(lengths, default=0) or self.max_length
+    def longest_examples(self) -> list[int]:
+        """The token length of the longest text of each prepared split."""
+        return [max(map(len, split["input_ids"])) for split in self._splits.values() if split]
 
     def texts(self, split: Split) -> list[str]:
         """The texts of a split, in row order (``index`` of a batch points into them)."""
-        return self._texts_and_references(self._resolve(split))[0]
+        return self._texts_and_references(self.resolve(split))[0]
 
     def references(self, split: Split) -> list[str | None]:
         """The label names of a split's rows, or ``None`` where a predict file has no labels."""
-        return self._texts_and_references(self._resolve(split))[1]
+        return self._texts_and_references(self.resolve(split))[1]
 
     def _texts_and_references(self, split: Split) -> tuple[list[str], list[str | None]]:
         if split not in self._texts:
@@ -252,47 +218,19 @@ class ClassificationDataModule(LightningDataModule):
     # ------------------------------------------------------------------ reading
     def dataset(self, split: Split) -> Dataset | None:
         """The tokenized rows of a split (``input_ids``, ``label``, ``index``), or ``None`` when it has none."""
-        split = self._resolve(split)
+        split = self.resolve(split)
         if split not in self._splits:
             self._load(split)
         return self._splits[split]
 
-    def _eval_dataloader(self, split: Split) -> DataLoader | list:
-        examples = self.dataset(split)
-        if not examples:
-            return []
-        return DataLoader(
-            examples,
-            batch_size=self.eval_batch_size,
-            collate_fn=ClassificationCollator(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-        )
-
-    def _source(self, split: Split) -> tuple[str, str | None, str]:
-        """The setting, file and default hub split a split's rows come from."""
-        if split == "validation" and self.val_file is not None:
-            return "data.val_file", self.val_file, "validation"
-        if split in ("train", "validation"):
-            return "data.train_file", self.train_file, "train"
-        if split == "test":
-            return "data.test_file", self.test_file, "test"
-        return "data.predict_file", self.predict_file, "test"
-
-    def _resolve(self, split: Split) -> Split:
-        """The split whose rows ``split`` uses: the validation rows for a missing test or predict file."""
-        if (split == "test" and self.test_file is None) or (split == "predict" and self.predict_file is None):
-            return "validation"
-        return split
-
     def _source_rows(self, split: Split) -> Dataset:
-        split = self._resolve(split)
-        field, value, default_split = self._source(split)
+        split = self.resolve(split)
+        field, value, default_split = self.source(split)
         rows = self._rows(field, value, default_split, need_labels=split != "predict")
-        if field == "data.train_file" and split == "validation":
-            return rows.select(holdout_split(len(rows), self.val_fraction, self.seed)[1])
-        if field == "data.train_file" and self.val_fraction > 0:
-            return rows.select(holdout_split(len(rows), self.val_fraction, self.seed)[0])
-        return rows
+        if field != "data.train_file":
+            return rows
+        train, held_out = self.holdout(len(rows))
+        return rows.select(held_out if split == "validation" else train)
 
     def _rows(self, field: str, value: str, default_split: str, need_labels: bool) -> Dataset:
         rows = load_split(value, field, default_split)
@@ -306,12 +244,11 @@ class ClassificationDataModule(LightningDataModule):
         return rows
 
     def _load(self, split: Split) -> None:
-        _, value, _ = self._source(split)
-        if value is None or (split == "validation" and self.val_file is None and self.val_fraction == 0):
+        if not self.has_data(split):
             self._splits[split] = None
             return
-        self._load_tokenizer()
-        field = self._source(split)[0]
+        self.load_tokenizer()
+        field, value, _ = self.source(split)
         rows = self._source_rows(split)
         # Predicting needs no labels: a predict file's label column is only read as the reference.
         has_labels = split != "predict"
@@ -338,8 +275,3 @@ class ClassificationDataModule(LightningDataModule):
         self._splits[split] = Dataset.from_dict(
             {"input_ids": encoded["input_ids"], "label": labels, "index": list(range(len(rows)))}
         )
-
-    def _load_tokenizer(self) -> None:
-        if self.tokenizer is not None:
-            return
-        self.tokenizer = load_data_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
