@@ -35,6 +35,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
 from lit_lora.artifacts.source import check_model_source
 from lit_lora.cli import ConfigOnlyCLI, build_cli
+from lit_lora.data.base import DataModuleContract
 from lit_lora.errors import ConfigError
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.quantization import QuantizationSettings
@@ -264,11 +265,10 @@ def longest_batch(data: Namespace) -> tuple[int, int]:
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningDataModule, "data")
     module = parser.instantiate_classes(Namespace(data=data)).data
-    sequences = getattr(module, "sequences_per_example", 1)
-    if not hasattr(module, "longest_batch_length"):
-        return data.init_args.max_length, sequences
+    if not isinstance(module, DataModuleContract):
+        return data.init_args.max_length, 1
     module.setup("fit")
-    return module.longest_batch_length(), sequences
+    return module.longest_batch_length(), module.sequences_per_example
 
 
 def main(args: Sequence[str]) -> PeakEstimate:

@@ -33,6 +33,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_lora.data.base import DataModuleContract
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.training.heap import heap_tuned
 from lit_lora.training.memory import MemoryEstimate, available_memory, estimate_memory, materialises_attention
@@ -158,15 +159,15 @@ def check_memory(
     """
     data = trainer.datamodule
     training = trainer.state.fn == TrainerFn.FITTING
-    if not (hasattr(data, "batch_size") and hasattr(data, "max_length")):
+    if not isinstance(data, DataModuleContract):
         return None, gradient_checkpointing if gradient_checkpointing != "auto" else False
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer_bytes = optimizer_state_bytes(optimizer_factory(trainable), trainable) if training else 0
     shape = ModelShape.from_model(model)
     # The data module has read its splits by now (Lightning sets it up before configure_model).
-    length = data.longest_batch_length() if hasattr(data, "longest_batch_length") else data.max_length
+    length = data.longest_batch_length()
     # Sequences in the batch per example: 2 for preference pairs.
-    sequences = getattr(data, "sequences_per_example", 1)
+    sequences = data.sequences_per_example
     device = trainer.strategy.root_device
     # Every device must pick the same micro-batch: take the least memory of any.
     free = torch.tensor(float(available_memory(device)), dtype=torch.float64, device=device)
