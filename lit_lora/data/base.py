@@ -9,7 +9,8 @@ the tasks read from any data module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sized
+import inspect
+from collections.abc import Callable, Mapping, Sized
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -69,6 +70,16 @@ def check_at_least(**settings: tuple[int | float | None, int]) -> None:
     for field, (value, smallest) in settings.items():
         if value is not None and value < smallest:
             raise ConfigError(f"data.{field}: {value} is below {smallest}. Fix: set it to at least {smallest}.")
+
+
+def base_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of :class:`TaskDataModule`'s constructor, picked from a subclass constructor's ``locals()``.
+
+    Args:
+        arguments: The subclass constructor's arguments by name (more are ignored).
+    """
+    names = inspect.signature(TaskDataModule.__init__).parameters
+    return {name: arguments[name] for name in names if name != "self"}
 
 
 class TaskDataModule(LightningDataModule):

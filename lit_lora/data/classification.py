@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_lora.data.base import Split, TaskDataModule
+from lit_lora.data.base import Split, TaskDataModule, base_arguments
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.files import load_split
 from lit_lora.errors import ConfigError
@@ -114,21 +114,7 @@ class ClassificationDataModule(TaskDataModule):
         tokenizer_name_or_path: str | None = None,
         gguf_file: str | None = None,
     ) -> None:
-        super().__init__(
-            train_file,
-            val_file,
-            val_fraction,
-            test_file,
-            predict_file,
-            max_length,
-            batch_size,
-            effective_batch_size,
-            eval_batch_size,
-            num_workers,
-            seed,
-            tokenizer_name_or_path,
-            gguf_file,
-        )
+        super().__init__(**base_arguments(locals()))
         if labels is not None and len(set(map(label_name, labels))) != len(labels):
             raise ConfigError(f"data.labels: {labels} names a label twice. Fix: list each label once.")
         if labels is not None and len(labels) < 2:

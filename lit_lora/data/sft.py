@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 from lit_lora.artifacts.tokenizer import one_thread_per_process
-from lit_lora.data.base import STAGE_SPLITS, Split, TaskDataModule, check_at_least
+from lit_lora.data.base import STAGE_SPLITS, Split, TaskDataModule, base_arguments, check_at_least
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.encode import Example, encode_segments, sequence_prefix
@@ -191,21 +191,7 @@ class SFTDataModule(TaskDataModule):
         tokenizer_name_or_path: str | None = None,
         gguf_file: str | None = None,
     ) -> None:
-        super().__init__(
-            train_file,
-            val_file,
-            val_fraction,
-            test_file,
-            predict_file,
-            max_length,
-            batch_size,
-            effective_batch_size,
-            eval_batch_size,
-            num_workers,
-            seed,
-            tokenizer_name_or_path,
-            gguf_file,
-        )
+        super().__init__(**base_arguments(locals()))
         check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
         if packing and group_by_length:
             raise ConfigError(
