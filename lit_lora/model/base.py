@@ -113,6 +113,8 @@ class LoRAModule(LightningModule):
     # PEFT's task type of the adapter, and what the loss counts (named in the throughput log).
     peft_task_type: ClassVar[str] = "CAUSAL_LM"
     count_unit: ClassVar[str] = "supervised_tokens"
+    # The eval metrics shown on the progress bar as well as logged.
+    eval_prog_bar: ClassVar[tuple[str, ...]] = ("loss", "perplexity")
 
     def __init__(
         self,
@@ -166,8 +168,8 @@ class LoRAModule(LightningModule):
         self.strict_loading = False
         self.model: PeftModel | None = None
         self.tokenizer = None
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        # Metrics of each evaluation split (build_eval_metrics), built with the model.
+        self.split_metrics = torch.nn.ModuleDict()
         self._window: dict[str, Any] = {}
         # RNG states of a checkpoint being resumed, set back just before its next batch.
         self._rng_to_restore: dict[str, Any] | None = None
@@ -223,6 +225,9 @@ class LoRAModule(LightningModule):
                 trim_before_layers(m for m in base.modules() if isinstance(m, GradientCheckpointingLayer))
             if checkpointing == "selective":
                 self._replays += use_replay_linears(adapted_base_layers(self.model))
+        device = next(self.model.parameters()).device
+        for split in ("val", "test"):
+            self.split_metrics[split] = self.build_eval_metrics().to(device)
 
     def skip_adapter_input_casts(self) -> None:
         """Let adapter inputs keep their autocast dtype instead of PEFT's cast to float32.
@@ -319,6 +324,15 @@ class LoRAModule(LightningModule):
             "use_cache": False,
         }
 
+    def head_is_separable(self) -> bool:
+        """Whether the loss may apply the output head itself, to the positions it scores.
+
+        Probed once (see :meth:`_head_is_separable`) and remembered.
+        """
+        if self._separable_head is None:
+            self._separable_head = self._head_is_separable()
+        return self._separable_head
+
     def _head_is_separable(self) -> bool:
         """Whether the logits are the output head applied to :meth:`hidden_states`.
 
@@ -352,9 +366,7 @@ class LoRAModule(LightningModule):
             ``(loss_sum, count)``; here summed token cross-entropy and supervised tokens.
         """
         inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
-        if self._separable_head is None:
-            self._separable_head = self._head_is_separable()
-        if self._separable_head:
+        if self.head_is_separable():
             return head_loss_sum(self.hidden_states(*inputs), self.model.get_output_embeddings(), batch["labels"])
         return token_loss_sum(self(*inputs), batch["labels"])
 
@@ -400,29 +412,62 @@ class LoRAModule(LightningModule):
         )
         self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False, batch_size=1)
 
+    # Lightning's evaluation hooks, shared by every task: they call the public eval hooks below.
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._accumulate_eval_loss(batch, self.val_loss)
+        self.eval_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval_loss("val", self.val_loss)
+        self.log_eval_metrics("val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._accumulate_eval_loss(batch, self.test_loss)
+        self.eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval_loss("test", self.test_loss)
+        self.log_eval_metrics("test")
 
-    def _accumulate_eval_loss(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
+    def build_eval_metrics(self) -> torch.nn.ModuleDict:
+        """The metrics of one evaluation split; built once per split, after the model.
+
+        Returns:
+            Metrics by name; ``loss``, a ``MeanMetric``, must be among them.
+        """
+        return torch.nn.ModuleDict({"loss": MeanMetric()})
+
+    def eval_step(self, split: Literal["val", "test"], batch: dict[str, torch.Tensor]) -> None:
+        """Update ``split``'s metrics with one batch: here the loss, weighted by its count.
+
+        Args:
+            split: ``val`` or ``test``.
+            batch: A batch from that split's dataloader.
+        """
         # Weighted by supervised tokens, so the mean is over tokens, not batches.
         loss_sum, count = self.compute_loss(batch)
-        metric.update(loss_sum / count.clamp(min=1), count)
+        self.split_metrics[split]["loss"].update(loss_sum / count.clamp(min=1), count)
 
-    def _log_eval_loss(self, split: str, metric: MeanMetric) -> None:
-        if metric.update_count == 0:
+    def eval_metrics(self, split: Literal["val", "test"]) -> dict[str, torch.Tensor]:
+        """``split``'s metrics over the batches seen, by name without the split: here loss and perplexity.
+
+        Args:
+            split: ``val`` or ``test``.
+        """
+        loss = self.split_metrics[split]["loss"].compute()
+        return {"loss": loss, "perplexity": torch.exp(loss)}
+
+    def log_eval_metrics(self, split: Literal["val", "test"]) -> None:
+        """Log :meth:`eval_metrics` as ``{split}/{name}`` and reset them; the names in ``eval_prog_bar`` on the bar.
+
+        Args:
+            split: ``val`` or ``test``.
+        """
+        metrics = self.split_metrics[split]
+        if metrics["loss"].update_count == 0:
             return
-        loss = metric.compute()
-        metric.reset()
-        self.log_dict({f"{split}/loss": loss, f"{split}/perplexity": torch.exp(loss)}, prog_bar=True)
+        values = {f"{split}/{name}": value for name, value in self.eval_metrics(split).items()}
+        for metric in metrics.values():
+            metric.reset()
+        shown = {f"{split}/{name}" for name in self.eval_prog_bar}
+        self.log_dict({k: v for k, v in values.items() if k not in shown})
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
         """Generate an answer for each prompt of a left-padded prompt batch."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,7 @@ class ClassificationModule(LoRAModule):
 
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     count_unit: ClassVar[str] = "examples"
+    eval_prog_bar: ClassVar[tuple[str, ...]] = ("accuracy",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,17 +74,6 @@ class ClassificationModule(LoRAModule):
         if self._trainer is not None and hasattr(self.trainer.datamodule, "loss_weights"):
             self.class_weights = self.trainer.datamodule.loss_weights()
         super().configure_model()
-        classes = len(self.label_names)
-        metrics = MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(classes, average="micro"),
-                "f1_macro": MulticlassF1Score(classes, average="macro"),
-                "f1": MulticlassF1Score(classes, average="none"),
-            }
-        )
-        device = next(self.model.parameters()).device
-        self.val_metrics = metrics.clone(prefix="val/").to(device)
-        self.test_metrics = metrics.clone(prefix="test/").to(device)
 
     def _resolve_labels(self) -> list[str]:
         """The class names: a loaded checkpoint's or the adapter's when starting from one, else the data module's."""
@@ -148,37 +138,35 @@ class ClassificationModule(LoRAModule):
         return math.log(len(self.label_names))
 
     # ------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_loss, self.val_metrics)
+    def build_eval_metrics(self) -> torch.nn.ModuleDict:
+        """The loss, and accuracy, macro F1 and per-class F1 over the labels."""
+        classes = len(self.label_names)
+        scores = MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(classes, average="micro"),
+                "f1_macro": MulticlassF1Score(classes, average="macro"),
+                "f1": MulticlassF1Score(classes, average="none"),
+            }
+        )
+        return torch.nn.ModuleDict({"loss": MeanMetric(), "scores": scores})
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val", self.val_loss, self.val_metrics)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_loss, self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test", self.test_loss, self.test_metrics)
-
-    def _evaluate(self, batch: dict[str, torch.Tensor], loss: MeanMetric, metrics: MetricCollection) -> None:
+    def eval_step(self, split: Literal["val", "test"], batch: dict[str, torch.Tensor]) -> None:
+        """Update the loss and the class scores with one batch's logits."""
+        metrics = self.split_metrics[split]
         logits, labels = self.logits(batch), batch["labels"]
-        loss.update(self.loss_sum(logits, labels) / labels.numel(), labels.numel())
-        metrics.update(logits, labels)
+        metrics["loss"].update(self.loss_sum(logits, labels) / labels.numel(), labels.numel())
+        metrics["scores"].update(logits, labels)
 
-    def _log_evaluation(self, split: str, loss: MeanMetric, metrics: MetricCollection) -> None:
-        if loss.update_count == 0:
-            return
-        values = {f"{split}/loss": loss.compute()}
-        for name, value in metrics.compute().items():
+    def eval_metrics(self, split: Literal["val", "test"]) -> dict[str, torch.Tensor]:
+        """``loss``, ``accuracy``, ``f1_macro`` and ``f1/<label>`` for each label."""
+        metrics = self.split_metrics[split]
+        values = {"loss": metrics["loss"].compute()}
+        for name, value in metrics["scores"].compute().items():
             if value.ndim == 0:
                 values[name] = value
             else:  # per-class F1, one entry per label
                 values.update({f"{name}/{label}": v for label, v in zip(self.label_names, value)})
-        loss.reset()
-        metrics.reset()
-        accuracy = values.pop(f"{split}/accuracy")
-        self.log_dict(values)
-        self.log(f"{split}/accuracy", accuracy, prog_bar=True)
+        return values
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Each text's predicted label and the probability of every label."""

@@ -82,6 +82,7 @@ class DPOModule(LoRAModule):
     """
 
     count_unit: ClassVar[str] = "pairs"
+    eval_prog_bar: ClassVar[tuple[str, ...]] = ("reward_accuracy",)
 
     def __init__(
         self, *args: Any, beta: float = 0.1, loss_type: Literal["sigmoid", "ipo"] = "sigmoid", **kwargs: Any
@@ -93,8 +94,6 @@ class DPOModule(LoRAModule):
             raise ConfigError(f"model.loss_type: '{loss_type}' is not sigmoid or ipo.")
         self.beta = beta
         self.loss_type = loss_type
-        self.val_rewards = torch.nn.ModuleDict({name: MeanMetric() for name in REWARD_METRICS})
-        self.test_rewards = torch.nn.ModuleDict({name: MeanMetric() for name in REWARD_METRICS})
         self._rewards: dict[str, torch.Tensor] = {}
 
     def apply_adapter(self, base: Any) -> PeftModel:
@@ -131,9 +130,7 @@ class DPOModule(LoRAModule):
     def sequence_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(2B,)`` log-probability of each row's response; averaged over its tokens for IPO."""
         inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
-        if self._separable_head is None:
-            self._separable_head = self._head_is_separable()
-        if self._separable_head:
+        if self.head_is_separable():
             log_probs, tokens = sequence_log_probs(
                 self.hidden_states(*inputs), self.model.get_output_embeddings(), batch["labels"]
             )
@@ -174,31 +171,16 @@ class DPOModule(LoRAModule):
         return math.log(2) if self.loss_type == "sigmoid" else 1 / (4 * self.beta**2)
 
     # ------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_loss, self.val_rewards)
+    def build_eval_metrics(self) -> torch.nn.ModuleDict:
+        """The loss and the mean of each reward metric."""
+        return torch.nn.ModuleDict({"loss": MeanMetric(), **{name: MeanMetric() for name in REWARD_METRICS}})
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val", self.val_loss, self.val_rewards)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_loss, self.test_rewards)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test", self.test_loss, self.test_rewards)
-
-    def _evaluate(self, batch: dict[str, torch.Tensor], loss: MeanMetric, rewards: torch.nn.ModuleDict) -> None:
-        loss_sum, pairs = self.compute_loss(batch)
-        loss.update(loss_sum / pairs, pairs)
+    def eval_step(self, split: Literal["val", "test"], batch: dict[str, torch.Tensor]) -> None:
+        """Update the loss, then the reward metrics of the pairs it scored."""
+        super().eval_step(split, batch)
         for name, values in self._rewards.items():
-            rewards[name].update(values)
+            self.split_metrics[split][name].update(values)
 
-    def _log_evaluation(self, split: str, loss: MeanMetric, rewards: torch.nn.ModuleDict) -> None:
-        if loss.update_count == 0:
-            return
-        values = {f"{split}/loss": loss.compute(), **{f"{split}/{name}": m.compute() for name, m in rewards.items()}}
-        loss.reset()
-        for metric in rewards.values():
-            metric.reset()
-        accuracy = values.pop(f"{split}/reward_accuracy")
-        self.log_dict(values)
-        self.log(f"{split}/reward_accuracy", accuracy, prog_bar=True)
+    def eval_metrics(self, split: Literal["val", "test"]) -> dict[str, torch.Tensor]:
+        """``loss`` and the reward metrics."""
+        return {name: metric.compute() for name, metric in self.split_metrics[split].items()}
