@@ -80,12 +80,12 @@ class LoRAModule(LightningModule):
         lora: Where the LoRA adapters go and their shape.
         gradient_checkpointing: Recompute activations in the backward pass instead of
             storing them. ``true``: each decoder layer keeps only its input and runs
-            its forward again in the backward pass (SmolLM2-135M QLoRA on CPU: about
-            1.3x the step time). ``selective``: the same, but the frozen base layers
-            keep their outputs from the forward, so the rerun skips their
-            dequantization and matmuls, most of its cost (1.04x the step time, for
-            ``sum(out_features)`` values per token and layer, about a third of what
-            ``false`` keeps); 4-bit or unquantized bases. ``false``: keep everything.
+            its forward again in the backward pass: the least memory, the slowest step.
+            ``selective``: the same, but the frozen base layers keep their outputs from
+            the forward, so the rerun skips their dequantization and matmuls, most of
+            its cost, for ``sum(out_features)`` values per token and layer; 4-bit or
+            unquantized bases. ``false``: keep everything, the fastest step.
+            Measured costs: ``docs/benchmarks.md``.
             ``auto`` takes the fastest of ``false``, ``selective`` and ``true`` that
             the memory estimate says fits (or fits the larger micro-batch with
             ``data.batch_size: auto``). On CPU, ``true`` also hands freed heap pages
@@ -233,7 +233,7 @@ class LoRAModule(LightningModule):
         """Let adapter inputs keep their autocast dtype instead of PEFT's cast to float32.
 
         Under autocast the next matmul casts them back: a float32 copy of every adapter
-        input and of its dropout for nothing (7% of a SmolLM2 QLoRA step on CPU in bf16).
+        input and of its dropout for nothing (measured in ``docs/benchmarks.md``).
         Only for mixed precision: without autocast the cast is what makes the dtypes match.
         """
         for layer in self.model.modules():
