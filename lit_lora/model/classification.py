@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from lit_lora.errors import ConfigError
 from lit_lora.model.base import LoRAModule
 from lit_lora.model.loading import base_model_folder, load_base_model
+
+if TYPE_CHECKING:
+    from lit_lora.data.classification import ClassificationDataModule
 
 # Written next to the adapter: the class names in id order.
 LABELS_FILE = "labels.json"
@@ -71,17 +74,26 @@ class ClassificationModule(LoRAModule):
             # which names the labels: on_load_checkpoint builds it then.
             return
         self.label_names = self._resolve_labels()
-        if self._trainer is not None and hasattr(self.trainer.datamodule, "loss_weights"):
-            self.class_weights = self.trainer.datamodule.loss_weights()
+        data = self._classification_data()
+        if data is not None:
+            self.class_weights = data.loss_weights()
         super().configure_model()
+
+    def _classification_data(self) -> ClassificationDataModule | None:
+        """The trainer's data module when it is a ``ClassificationDataModule`` (the source of labels and weights)."""
+        # Imported here: loading a trained classifier need not import the data package and `datasets`.
+        from lit_lora.data.classification import ClassificationDataModule
+
+        data = self.trainer.datamodule if self._trainer is not None else None
+        return data if isinstance(data, ClassificationDataModule) else None
 
     def _resolve_labels(self) -> list[str]:
         """The class names: a loaded checkpoint's or the adapter's when starting from one, else the data module's."""
-        data = self.trainer.datamodule if self._trainer is not None else None
+        data = self._classification_data()
         from_adapter = read_adapter_labels(self.adapter_path) if self.adapter_path else self.label_names
         from_data = None
         # Classifying with an adapter needs no training file: its labels.json names the classes.
-        if hasattr(data, "label_names") and (data.labels is not None or data.train_file is not None):
+        if data is not None and (data.labels is not None or data.train_file is not None):
             from_data = data.label_names()
         if from_adapter is not None and from_data is not None and from_adapter != from_data:
             source = f"model.adapter_path '{self.adapter_path}'" if self.adapter_path else "the checkpoint"
