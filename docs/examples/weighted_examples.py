@@ -20,10 +20,8 @@ class WeightedSFTDataModule(SFTDataModule):
 
     def encode_row(self, row, index, format, source, path):
         weight = row.get("weight")  # None where a row has no weight
-        return {
-            **super().encode_row(row, index, format, source, path),
-            "weight": 1.0 if weight is None else float(weight),
-        }
+        example = super().encode_row(row, index, format, source, path)
+        return {**example, "weight": 1.0 if weight is None else float(weight)}
 
     def collator(self):
         return WeightedCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
