@@ -21,6 +21,7 @@ from lit_lora.artifacts.adapter_dir import check_adapter_dir
 from lit_lora.artifacts.source import check_model_source
 from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
 from lit_lora.errors import ConfigError
+from lit_lora.model.checkpoint import check_adapter_shapes, trainable_shapes, trained_state
 from lit_lora.model.generation import end_token_ids, generate_texts
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings
@@ -36,6 +37,8 @@ from lit_lora.model.replay import (
 from lit_lora.training.heap import trim_before_layers
 from lit_lora.training.optim import (
     LRSchedule,
+    apply_configured_settings,
+    configured_settings,
     default_optimizer,
     parameter_groups,
     resync_learning_rates,
@@ -505,9 +508,7 @@ class LoRAModule(LightningModule):
         optimizer = self.optimizer_factory(groups)
         scale_group_learning_rates(optimizer)
         # The settings from this run's config, which win over a resumed checkpoint's.
-        self._configured_groups = [
-            {k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups
-        ]
+        self._configured_groups = configured_settings(optimizer)
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ConfigError(
@@ -526,33 +527,15 @@ class LoRAModule(LightningModule):
         self.trainer.fit_loop._load_combined_loader_states()
         scheduler = self.lr_schedulers()
         if self.trainer.ckpt_path is not None:
-            self._apply_configured_optimizer_settings(scheduler)
+            changes = apply_configured_settings(self.trainer.optimizers[0], self._configured_groups, scheduler)
+            if changes:
+                rank_zero_info(
+                    "lit_lora: resuming with this config's optimizer settings, not the checkpoint's: "
+                    f"{', '.join(sorted(changes))}"
+                )
         # After a restore, the schedule may cover a longer run than the one saved.
         if scheduler is not None:
             resync_learning_rates(scheduler)
-
-    def _apply_configured_optimizer_settings(self, scheduler: Any) -> None:
-        # Restoring a checkpoint brings back the optimizer settings it was saved with,
-        # so resuming a diverged run "with a lower learning rate" would silently keep the
-        # old one. The config of the resumed run wins; the moments and the step count
-        # stay as saved.
-        optimizer = self.trainer.optimizers[0]
-        changes = set()
-        for group, configured in zip(optimizer.param_groups, self._configured_groups):
-            for key, value in configured.items():
-                # A saved "lr" is the scheduled one of its step; its peak is "initial_lr".
-                saved = group.get("initial_lr", group["lr"]) if key == "lr" else group.get(key)
-                if saved != value:
-                    changes.add(f"{key} {saved} -> {value}")
-                group[key] = value
-            group["initial_lr"] = configured["lr"]  # the schedule's peak
-        if scheduler is not None:
-            scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        if changes:
-            rank_zero_info(
-                "lit_lora: resuming with this config's optimizer settings, not the checkpoint's: "
-                f"{', '.join(sorted(changes))}"
-            )
 
     def chance_loss(self) -> float:
         """The loss of guessing every token uniformly, ``ln(vocabulary size)`` nats.
@@ -564,13 +547,9 @@ class LoRAModule(LightningModule):
         return math.log(self.model.config.vocab_size)
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainable_shapes(self) -> dict[str, torch.Size]:
-        return {name: p.shape for name, p in self.named_parameters() if p.requires_grad}
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only trained weights (a few MB instead of the whole frozen base) and the RNGs."""
-        keep = self._trainable_shapes()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["state_dict"] = trained_state(checkpoint["state_dict"], trainable_shapes(self))
         # Checkpoints are written between optimizer steps, so these are the states the
         # next step's dropout starts from. Every device seeds alike (seed_everything),
         # so process 0's states, the ones saved, are every process's.
@@ -590,18 +569,8 @@ class LoRAModule(LightningModule):
         # ``load_from_checkpoint`` restores before any trainer built the model.
         self.configure_model()
         self._rng_to_restore = checkpoint.get("rng_states")
-        expected = self._trainable_shapes()
         found = {name: value.shape for name, value in checkpoint["state_dict"].items()}
-        if expected != found:
-            missing = sorted(expected.keys() - found.keys())
-            unexpected = sorted(found.keys() - expected.keys())
-            reshaped = sorted(n for n in expected.keys() & found.keys() if expected[n] != found[n])
-            raise ConfigError(
-                "The checkpoint's adapter does not match model.lora / model.quantization: "
-                f"{len(missing)} trained weights missing (e.g. {missing[:1]}), {len(unexpected)} unexpected "
-                f"(e.g. {unexpected[:1]}), {len(reshaped)} of another shape (e.g. {reshaped[:1]}). "
-                "Resume with the settings the checkpoint was trained with."
-            )
+        check_adapter_shapes(trainable_shapes(self), found)
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the PEFT adapter and the tokenizer, loadable with ``PeftModel.from_pretrained``."""

@@ -151,3 +151,39 @@ def resync_learning_rates(scheduler: LambdaLR) -> None:
     """
     for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base_lr * multiplier(scheduler.last_epoch)
+
+
+def configured_settings(optimizer: Optimizer) -> list[dict[str, Any]]:
+    """Each group's settings without its parameters: what this run's config asks for."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def apply_configured_settings(
+    optimizer: Optimizer, configured: list[dict[str, Any]], scheduler: LambdaLR | None
+) -> set[str]:
+    """Put this run's configured settings back on an optimizer restored from a checkpoint.
+
+    Restoring brings back the settings the checkpoint was saved with, so resuming a
+    diverged run "with a lower learning rate" would silently keep the old one. The
+    config wins; the moments and the step count stay as saved.
+
+    Args:
+        optimizer: The restored optimizer.
+        configured: Its groups' settings before the restore, from :func:`configured_settings`.
+        scheduler: The schedule, whose peaks follow the configured learning rates.
+
+    Returns:
+        The changes, as ``"key saved -> configured"``, to report.
+    """
+    changes = set()
+    for group, settings in zip(optimizer.param_groups, configured):
+        for key, value in settings.items():
+            # A saved "lr" is the scheduled one of its step; its peak is "initial_lr".
+            saved = group.get("initial_lr", group["lr"]) if key == "lr" else group.get(key)
+            if saved != value:
+                changes.add(f"{key} {saved} -> {value}")
+            group[key] = value
+        group["initial_lr"] = settings["lr"]  # the schedule's peak
+    if scheduler is not None:
+        scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    return changes
