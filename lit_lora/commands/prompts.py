@@ -9,15 +9,11 @@ as training prompts did.
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import datasets
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.data import SFTDataModule
@@ -27,8 +23,8 @@ from lit_lora.errors import ConfigError
 
 PromptFormat = Literal["prompt_completion", "messages"]
 
-# The reply the data module needs to find where a prompt ends; a prompt's ids never
-# depend on it, since the prompt is everything before the reply.
+# check_messages checks whole training rows, which end with the assistant's reply: a
+# stand-in reply lets it check the turns a prompt ends with.
 _STAND_IN_REPLY = "?"
 
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
@@ -53,17 +49,6 @@ class Prompt:
     def fields(self) -> dict[str, Any]:
         """The prompt as a row of its format (``prompt`` or ``messages``) without the reply."""
         return {FORMAT_COLUMNS[self.format][0]: self.value}
-
-    def data_row(self) -> dict[str, Any]:
-        """The prompt as a training row of its format, with a stand-in reply."""
-        if self.format == "messages":
-            return {
-                "messages": [
-                    *self.value,
-                    {"role": "assistant", "content": _STAND_IN_REPLY},
-                ]
-            }
-        return {"prompt": self.value, "completion": _STAND_IN_REPLY}
 
     def display(self) -> str:
         """The prompt as printed: its text, or one ``role: content`` line per turn."""
@@ -167,9 +152,8 @@ def encode_prompts(
 ) -> tuple[list[PromptExample], PreTrainedTokenizerBase]:
     """Render and tokenize prompts with the data module exactly as training prompts were.
 
-    Each prompt becomes a training row with a stand-in reply, and
-    :meth:`SFTDataModule.prompt_examples` cuts it where the reply starts: the same
-    template, the same special tokens, the same segment-wise tokenization.
+    :meth:`SFTDataModule.encode_prompt` gives each prompt's ids: the same template,
+    the same special tokens, the same segment-wise tokenization, never truncated.
 
     Args:
         prompts: The prompts, in order.
@@ -177,42 +161,11 @@ def encode_prompts(
         tokenizer_source: The tokenizer trained with, as ``(name_or_path, gguf_file)``.
 
     Returns:
-        The prompts' ids, in order, and the tokenizer.
+        The prompts' ids, in order (with their references, empty when none), and the tokenizer.
     """
     name_or_path, gguf_file = tokenizer_source
-    examples: list[PromptExample | None] = [None] * len(prompts)
-    tokenizer = None
-    with (
-        tempfile.TemporaryDirectory(prefix="lit_lora_prompts_") as folder,
-        _quiet_datasets(),
-    ):
-        # The data module reads one format per file: one file per format, order kept by index.
-        for format in dict.fromkeys(prompt.format for prompt in prompts):
-            indices = [index for index, prompt in enumerate(prompts) if prompt.format == format]
-            path = Path(folder) / f"{format}.jsonl"
-            path.write_text("".join(json.dumps(prompts[index].data_row()) + "\n" for index in indices))
-            data = SFTDataModule(
-                train_file=str(path),
-                predict_file=str(path),
-                format=format,
-                template=template,
-                max_length=sys.maxsize,  # a prompt is never cut
-                tokenizer_name_or_path=name_or_path,
-                gguf_file=gguf_file,
-            )
-            for index, example in zip(indices, data.prompt_examples("predict"), strict=True):
-                examples[index] = example
-            tokenizer = data.tokenizer
-    return examples, tokenizer
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Hide the data module's progress bars, which would name temporary files."""
-    shown = not datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if shown:
-            datasets.enable_progress_bars()
+    data = SFTDataModule(template=template, tokenizer_name_or_path=name_or_path, gguf_file=gguf_file)
+    examples = [
+        PromptExample(data.encode_prompt(prompt.fields(), prompt.format), prompt.reference or "") for prompt in prompts
+    ]
+    return examples, data.tokenizer

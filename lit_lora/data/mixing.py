@@ -39,6 +39,19 @@ class DataSource:
     weight: float = 1.0
 
 
+def check_training_source(train_file: str | None, mix: Sequence[DataSource] | None) -> None:
+    """Refuse a training split with no source, or with both ``train_file`` and ``mix``.
+
+    Raises:
+        ConfigError: Naming both fields and the fix.
+    """
+    if (train_file is None) == (not mix):
+        raise ConfigError(
+            "data.train_file and data.mix: set exactly one of them (a single training file, "
+            f"or a list of sets to mix); got train_file={train_file!r} and {len(mix or [])} mix sets."
+        )
+
+
 def check_training_sets(
     train_file: str | None,
     mix: Sequence[DataSource] | None,
@@ -52,11 +65,7 @@ def check_training_sets(
     Raises:
         ConfigError: Naming the fields and the fix.
     """
-    if (train_file is None) == (not mix):
-        raise ConfigError(
-            "data.train_file and data.mix: set exactly one of them (a single training file, "
-            f"or a list of sets to mix); got train_file={train_file!r} and {len(mix or [])} mix sets."
-        )
+    check_training_source(train_file, mix)
     if not mix:
         return
     for index, source in enumerate(mix):

@@ -31,6 +31,7 @@ from lit_lora.data.mixing import (
     DataSource,
     MixSampler,
     check_training_sets,
+    check_training_source,
     rename_fields,
 )
 from lit_lora.data.packing import PackedCollator, PackedDataset, PackingSampler
@@ -192,7 +193,13 @@ class SFTDataModule(TaskDataModule):
         gguf_file: str | None = None,
     ) -> None:
         super().__init__(**base_arguments(locals()))
-        check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
+        # Only a tokenizer and template settings, no data at all: a module that encodes
+        # prompts for generation; the missing training set is refused once it is read.
+        prompts_only = tokenizer_name_or_path is not None and not (
+            mix or fields or val_fraction or packing or group_by_length or val_file or test_file or predict_file
+        )
+        if train_file is not None or not prompts_only:
+            check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
         if packing and group_by_length:
             raise ConfigError(
                 "data.packing and data.group_by_length are both set. Fix: set only one; "
@@ -432,6 +439,7 @@ class SFTDataModule(TaskDataModule):
 
     def _load_train_file(self) -> None:
         """Prepare the train split, and the validation split when it is held out of the training file."""
+        check_training_source(self.train_file, self.mix)
         if self.mix:
             self._load_mix()
             return
