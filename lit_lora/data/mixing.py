@@ -165,3 +165,22 @@ class MixSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def check_mix_sizes(sizes: Sequence[int], mix: Sequence[DataSource], max_length: int) -> None:
+    """Refuse a mix in which a set keeps no example.
+
+    Args:
+        sizes: Kept training examples of each set, in ``mix`` order.
+        mix: The sets, as configured.
+        max_length: ``data.max_length``, named in the error.
+
+    Raises:
+        ConfigError: A set has no example with a trained token within ``max_length``.
+    """
+    for index, size in enumerate(sizes):
+        if size == 0:
+            raise ConfigError(
+                f"data.mix[{index}].path '{mix[index].path}': no example has a trained token within "
+                f"data.max_length={max_length}. Fix: raise data.max_length, or remove the set from the mix."
+            )

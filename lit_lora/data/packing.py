@@ -35,6 +35,7 @@ from datasets import Dataset
 from lit_lora.data.collate import padded_length
 from lit_lora.data.encode import IGNORE_INDEX, Example
 from lit_lora.data.sampler import EpochShuffleSampler
+from lit_lora.errors import ConfigError
 
 
 def best_fit_decreasing(lengths: Sequence[int], order: Sequence[int], capacity: int) -> list[list[int]]:
@@ -244,3 +245,21 @@ class PackedCollator:
                 start = end
             position_ids[row, start:] = torch.arange(length - start)
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def check_packing_settings(packing: bool, packing_split: bool, group_by_length: bool) -> None:
+    """Refuse packing settings that contradict each other.
+
+    Raises:
+        ConfigError: ``packing`` with ``group_by_length``, or ``packing_split`` without ``packing``.
+    """
+    if packing and group_by_length:
+        raise ConfigError(
+            "data.packing and data.group_by_length are both set. Fix: set only one; "
+            "packing leaves no padding to group away."
+        )
+    if packing_split and not packing:
+        raise ConfigError(
+            "data.packing_split is set without data.packing. Fix: set data.packing: true as well, "
+            "or drop data.packing_split."
+        )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -12,37 +12,25 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 from lit_lora.artifacts.tokenizer import one_thread_per_process
-from lit_lora.data.base import STAGE_SPLITS, Split, TaskDataModule, base_arguments, check_at_least
+from lit_lora.data.base import STAGE_SPLITS, Split, base_arguments, check_at_least
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
-from lit_lora.data.diagnose import row_location
-from lit_lora.data.encode import Example, encode_segments, sequence_prefix
+from lit_lora.data.conversation import ConversationDataModule
 from lit_lora.data.files import load_split
 from lit_lora.data.formats import (
-    FORMAT_COLUMNS,
-    Conversation,
-    alpaca_input,
     check_format_name,
     resolve_format,
-    response_field,
-    text_field,
-    to_conversation,
 )
 from lit_lora.data.mixing import (
     DataSource,
     MixSampler,
+    check_mix_sizes,
     check_training_sets,
     check_training_source,
     rename_fields,
 )
-from lit_lora.data.packing import PackedCollator, PackedDataset, PackingSampler
+from lit_lora.data.packing import PackedCollator, PackedDataset, PackingSampler, check_packing_settings
 from lit_lora.data.render import (
-    Segment,
     check_template_name,
-    render_chat,
-    render_plain_alpaca,
-    render_plain_messages,
-    render_plain_prompt_completion,
-    resolve_template,
 )
 from lit_lora.data.sampler import LengthGroupedSampler
 from lit_lora.data.stats import SplitStats, format_stats, split_stats, token_lengths
@@ -60,7 +48,7 @@ class _Part:
     prompts: list[PromptExample] | None = None
 
 
-class SFTDataModule(TaskDataModule):
+class SFTDataModule(ConversationDataModule):
     """Supervised fine-tuning data: prompt/response examples, tokenized with masked prompts.
 
     Reads ``prompt_completion``, ``alpaca`` or ``messages`` data from local
@@ -144,18 +132,9 @@ class SFTDataModule(TaskDataModule):
             The CLI fills it in from ``model.gguf_file``.
     """
 
-    format_columns: ClassVar[Mapping[str, Sequence[str]]] = FORMAT_COLUMNS
-    # What a tokenized example keeps for batching (a subclass adds its own columns).
-    example_columns: ClassVar[tuple[str, ...]] = ("input_ids", "labels")
-    encoding_settings: ClassVar[tuple[str, ...]] = (
-        *TaskDataModule.encoding_settings,
-        "format",
-        "template",
-        "train_on_prompt",
-    )
     # Column renames happen before encoding; a mix's sets are read like single files.
     loader_settings: ClassVar[tuple[str, ...]] = (
-        *TaskDataModule.loader_settings,
+        *ConversationDataModule.loader_settings,
         "num_proc",
         "pad_to_multiple_of",
         "packing",
@@ -164,7 +143,6 @@ class SFTDataModule(TaskDataModule):
         "fields",
         "mix",
     )
-    encoding_state: ClassVar[tuple[str, ...]] = ("_mode", "_prefix")
 
     def __init__(
         self,
@@ -200,16 +178,7 @@ class SFTDataModule(TaskDataModule):
         )
         if train_file is not None or not prompts_only:
             check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
-        if packing and group_by_length:
-            raise ConfigError(
-                "data.packing and data.group_by_length are both set. Fix: set only one; "
-                "packing leaves no padding to group away."
-            )
-        if packing_split and not packing:
-            raise ConfigError(
-                "data.packing_split is set without data.packing. Fix: set data.packing: true as well, "
-                "or drop data.packing_split."
-            )
+        check_packing_settings(packing, packing_split, group_by_length)
         check_format_name(format, self.format_columns)
         check_template_name(template)
         check_at_least(num_proc=(num_proc, 1), pad_to_multiple_of=(pad_to_multiple_of, 1))
@@ -227,58 +196,9 @@ class SFTDataModule(TaskDataModule):
         self.dropped: dict[str, int] = {}
         # Statistics of each split read from its own data (see lit_lora.data.stats).
         self.stats: dict[str, SplitStats] = {}
-        self._mode: Literal["chat", "plain"] | None = None
-        self._prefix: list[int] = []
         self._splits: dict[str, _Part | None] = {}
         # Kept training examples per set of ``mix``, in order.
         self._mix_sizes: list[int] = []
-
-    def to_conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
-        """Turn one row of the data into role/content turns.
-
-        Args:
-            row: One example as read from the file.
-            format: The format of the file the row comes from.
-
-        Raises:
-            ConfigError: The row does not fit the format.
-        """
-        return to_conversation(row, format)
-
-    def render(self, row: Mapping[str, Any], format: str) -> list[Segment]:
-        """Render one row as text segments, trained where the model should produce them.
-
-        Chat mode renders ``to_conversation(row)`` with the chat template; plain mode
-        uses the plain template of the row's format, or the plain ``messages`` layout
-        for any other format.
-
-        Args:
-            row: One example as read from the file.
-            format: The format of the file the row comes from.
-
-        Raises:
-            ConfigError: The row does not fit the format, or the template cannot render it.
-        """
-        if self._mode == "chat":
-            return render_chat(self.to_conversation(row, format), self.tokenizer)
-        eos = self.tokenizer.eos_token
-        if format == "prompt_completion":
-            return render_plain_prompt_completion(text_field(row, "prompt"), response_field(row, "completion"), eos)
-        if format == "alpaca":
-            return render_plain_alpaca(
-                text_field(row, "instruction"), alpaca_input(row), response_field(row, "output"), eos
-            )
-        return render_plain_messages(self.to_conversation(row, format), eos)
-
-    def encode(self, segments: list[Segment], max_length: int | None = None) -> Example:
-        """Tokenize segments into ``input_ids``, ``labels`` and ``num_supervised``.
-
-        Args:
-            segments: Rendered text pieces, in order.
-            max_length: Keep only the first ``max_length`` tokens; ``None`` keeps all
-                (prompts for generation are never cut).
-        """
-        return encode_segments(self.tokenizer, segments, self._prefix, max_length)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the tokenizer, then read, check and tokenize the data the stage needs; log the statistics of ``fit``.
@@ -369,51 +289,8 @@ class SFTDataModule(TaskDataModule):
                 "Use the validation split (data.val_file) for prompts."
             )
         if part.prompts is None:
-            part.prompts = [self._prompt_example(row, part.format) for row in part.rows]
+            part.prompts = [self.prompt_example(row, part.format) for row in part.rows]
         return part.prompts
-
-    def encode_prompt(self, row: Mapping[str, Any], format: str) -> list[int]:
-        """The prompt token ids of one row that has no final response, as generation feeds them to the model.
-
-        Rendered and tokenized exactly as training renders the prompt part of the same
-        row with a response (the chat template up to and including the assistant header,
-        or the plain template of the format), and never truncated: the same ids
-        :meth:`prompt_examples` gives. Loads the tokenizer when it is not loaded yet.
-
-        Args:
-            row: ``{"prompt": ...}`` for ``prompt_completion``; ``{"instruction": ...,
-                "input": ...}`` (input optional) for ``alpaca``; ``{"messages": [...]}``
-                ending with a user turn for ``messages``.
-            format: ``prompt_completion``, ``alpaca`` or ``messages``.
-
-        Raises:
-            ConfigError: The format is none of those, or the row does not fit it.
-        """
-        self.load_tokenizer()
-        # The prompt part of a rendering never depends on the response after it, so any
-        # stand-in reply gives the prompt's segments as training cuts them.
-        if format == "prompt_completion":
-            row = {**row, "completion": "?"}
-        elif format == "alpaca":
-            row = {**row, "output": "?"}
-        elif format == "messages":
-            row = {**row, "messages": [*row["messages"], {"role": "assistant", "content": "?"}]}
-        else:
-            raise ConfigError(
-                f"format '{format}': prompts are read as prompt_completion, alpaca or messages. Fix: use one of those."
-            )
-        return self._prompt_ids(self.render(row, format))
-
-    def _prompt_ids(self, segments: list[Segment]) -> list[int]:
-        """The ids of the segments before the last trained one: the prompt of its last response."""
-        last = max(index for index, segment in enumerate(segments) if segment.trained)
-        return self.encode(segments[:last])["input_ids"]
-
-    def _prompt_example(self, row: Mapping[str, Any], format: str) -> PromptExample:
-        reference = next(
-            turn["content"] for turn in reversed(self.to_conversation(row, format)) if turn["role"] == "assistant"
-        )
-        return PromptExample(self._prompt_ids(self.render(row, format)), reference)
 
     def collator(self) -> SFTCollator:
         """What batches the examples of training (unpacked), validation and test: an :class:`SFTCollator`.
@@ -465,12 +342,7 @@ class SFTDataModule(TaskDataModule):
         examples = concatenate_datasets([part.examples for part in parts])
         train = self._keep_supervised("train", _Part(origin, examples, "mix", "data.mix"))
         self._mix_sizes = np.bincount(np.asarray(train.rows["set"]), minlength=len(parts)).tolist()
-        for index, size in enumerate(self._mix_sizes):
-            if size == 0:
-                raise ConfigError(
-                    f"data.mix[{index}].path '{self.mix[index].path}': no example has a trained token within "
-                    f"data.max_length={self.max_length}. Fix: raise data.max_length, or remove the set from the mix."
-                )
+        check_mix_sizes(self._mix_sizes, self.mix, self.max_length)
         self._splits["train"] = train
 
     def _read(
@@ -526,48 +398,3 @@ class SFTDataModule(TaskDataModule):
             part.format,
             part.source,
         )
-
-    def load_tokenizer(self) -> None:
-        """Load the tokenizer (once) and decide between chat and plain rendering.
-
-        Raises:
-            ConfigError: The tokenizer has no EOS token.
-        """
-        if self.tokenizer is not None:
-            return
-        super().load_tokenizer()
-        self._mode = resolve_template(self.template, self.tokenizer)
-        if self.tokenizer.eos_token is None:
-            raise ConfigError(
-                f"tokenizer '{self.tokenizer_name_or_path}' has no EOS token, which ends every response and pads "
-                "batches. Fix: use a tokenizer that defines eos_token."
-            )
-        # A chat template writes BOS itself when the model wants one; adding the
-        # tokenizer's own prefix on top would double it.
-        self._prefix = sequence_prefix(self.tokenizer) if self._mode == "plain" else []
-
-    def encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
-        """Render and tokenize one row of a data file, as ``Dataset.map`` calls it.
-
-        Override to add columns to each example (list them in ``example_columns``, and
-        batch them in :meth:`collator`). The tokenized examples are cached by
-        ``datasets``, keyed by this module's rendering settings and code.
-
-        Args:
-            row: One row as read from the file.
-            index: Its 0-based position in the file, for error messages.
-            format: The format of the file.
-            source: The setting and file, named in errors (``data.train_file 'x.jsonl'``).
-            path: The file or hub id the row comes from.
-
-        Raises:
-            ConfigError: The row does not fit the format, naming its file and line.
-        """
-        try:
-            segments = self.render(row, format)
-        except ConfigError as error:
-            # Only a failing row pays for finding its line in the file.
-            raise ConfigError(f"{source}, {row_location(path, index)}: {error}") from error
-        if self.train_on_prompt:
-            segments = [Segment(segment.text, True) for segment in segments]
-        return self.encode(segments, self.max_length)
