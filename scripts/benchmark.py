@@ -134,15 +134,38 @@ def ensure_gguf_link(config: dict[str, Any]) -> None:
 
 
 def model_folder(config: dict[str, Any]) -> str:
-    """The Hugging Face folder both stacks load: lit_lora's cached conversion of a GGUF file.
+    """The Hugging Face folder both stacks load the base from, as lit_lora resolves it.
 
-    Converting here, in the parent, also keeps the one-off conversion out of both
-    children's timings.
+    lit_lora's cached conversion of a GGUF file, or its cached random weights for
+    ``random_init`` (the same weights for the same config and seed). Building it here,
+    in the parent, also keeps the one-off work out of both children's timings.
     """
-    from lit_lora.artifacts.source import resolve_model_folder
+    from lit_lora.model.loading import base_model_folder
 
     model = init_args(config, "model")
-    return resolve_model_folder(model["model_name_or_path"], model.get("gguf_file"))
+    return base_model_folder(
+        model["model_name_or_path"], model.get("gguf_file"), model.get("random_init", False), model.get("seed", 0)
+    )
+
+
+def tokenizer_folder(config: dict[str, Any]) -> str:
+    """The Hugging Face folder both stacks load the tokenizer from: the model's, or ``tokenizer_name_or_path``."""
+    from lit_lora.artifacts.source import resolve_model_folder
+    from lit_lora.artifacts.tokenizer import tokenizer_source
+
+    model = init_args(config, "model")
+    source = tokenizer_source(model["model_name_or_path"], model.get("gguf_file"), model.get("tokenizer_name_or_path"))
+    return resolve_model_folder(*source)
+
+
+def peer_tokenizer(folder: str) -> Any:
+    """The tokenizer as a Trainer user loads it: EOS doubles as padding where it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 # ---------------------------------------------------------------- data (peer)
@@ -386,12 +409,10 @@ def run_lit_lora(config_path: str, folder: str, max_steps: int | None, device: t
 
     Args:
         config_path: The fit config.
-        folder: The model folder, for the shared validation data's tokenizer.
+        folder: The base model's folder (lit_lora resolves it from the config itself).
         max_steps: Stop after this many optimizer steps; ``None`` trains the epoch.
         device: The training device.
     """
-    from transformers import AutoTokenizer
-
     from lit_lora.cli import main
 
     config = load_config(config_path)
@@ -400,7 +421,7 @@ def run_lit_lora(config_path: str, folder: str, max_steps: int | None, device: t
         meter_class = _lit_lora_meter_class()
         meter = next(cb for cb in cli.trainer.callbacks if isinstance(cb, meter_class)).meter
         results = meter.results(config["trainer"]["log_every_n_steps"])
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = peer_tokenizer(tokenizer_folder(config))
         results["val_loss"] = validate(cli.model.model, tokenizer, config, device)
     return results
 
@@ -523,7 +544,6 @@ def run_peer(config_path: str, folder: str, max_steps: int | None, device: torch
     """
     from datasets import Dataset
     from transformers import (
-        AutoTokenizer,
         DataCollatorForSeq2Seq,
         Trainer,
         TrainerCallback,
@@ -531,7 +551,7 @@ def run_peer(config_path: str, folder: str, max_steps: int | None, device: torch
 
     config = load_config(config_path)
     data = init_args(config, "data")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = peer_tokenizer(tokenizer_folder(config))
     train = Dataset.from_list(prepare_peer_examples(tokenizer, data["train_file"], data["max_length"]))
     model = peer_model(config, folder, device)
     meter = TrainingMeter(device)

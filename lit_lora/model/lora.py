@@ -1,11 +1,13 @@
-"""LoRA adapter settings, turned into a PEFT ``LoraConfig``."""
+"""LoRA adapter settings, turned into a PEFT ``LoraConfig``, and the trainable PEFT model built from them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from peft import LoraConfig
+from lightning.pytorch.utilities import rank_zero_info
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,46 @@ class LoRASettings:
             init_lora_weights=self.init_lora_weights,
             task_type=task_type,
         )
+
+
+def trainable_adapter(
+    base: PreTrainedModel,
+    settings: LoRASettings,
+    task_type: str,
+    base_name: str,
+    quantized: bool,
+    adapter_path: str | None = None,
+) -> PeftModel:
+    """Prepare a frozen base for training and wrap it with a new LoRA adapter, or with ``adapter_path``'s.
+
+    Gradient checkpointing is not switched on here (``lit_lora.model.gradient_checkpointing``
+    does that once the memory plan has decided on it).
+
+    Args:
+        base: The loaded base model.
+        settings: The new adapter's shape; unused with ``adapter_path``, whose
+            ``adapter_config.json`` decides it.
+        task_type: PEFT's task (``CAUSAL_LM``, ``SEQ_CLS``).
+        base_name: The base as the user named it, recorded in the adapter's config.
+        quantized: Whether ``base`` holds bitsandbytes-quantized weights.
+        adapter_path: An adapter folder to continue training, or ``None`` for a new adapter.
+    """
+    if quantized:
+        # Casts the remaining non-quantized weights (norms, embeddings) to float32 for
+        # stable training and freezes everything.
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    if adapter_path is not None:
+        model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
+        config = model.peft_config["default"]
+        rank_zero_info(
+            f"lit_lora: starting from the adapter in {adapter_path} (r={config.r}, "
+            f"alpha={config.lora_alpha}, targets={sorted(config.target_modules)}); model.lora is not used"
+        )
+    else:
+        model = get_peft_model(base, settings.to_peft_config(task_type))
+        # Record what the user named, not the cache folder a GGUF or random model loads from.
+        model.peft_config["default"].base_model_name_or_path = base_name
+    # from_pretrained returns a model in eval mode, and Lightning keeps the modes it
+    # finds: without this, LoRA dropout would silently stay off during training.
+    model.train()
+    return model

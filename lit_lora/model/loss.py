@@ -12,6 +12,8 @@ its 135M weights) and most positions of an instruction example are prompt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -71,6 +73,32 @@ def head_loss_sum(
         for chunk, chunk_targets in zip(states.split(chunk_rows), targets.split(chunk_rows))
     )
     return loss_sum, supervised.sum()
+
+
+def probe_separable_head(model: torch.nn.Module, hidden_states: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether a model's logits are its output head applied to ``hidden_states(input_ids)``.
+
+    True for most causal LMs; not for those that scale or soft-cap their logits
+    (Gemma 2, Cohere) or whose decoder is not found. Checked on an 8-token probe, in
+    eval mode (no dropout), leaving the model's mode as it was.
+
+    Args:
+        model: A Hugging Face causal LM (PEFT-wrapped or not).
+        hidden_states: ``(1, 8)`` ids -> ``(1, 8, D)`` final hidden states of ``model``.
+    """
+    device = next(model.parameters()).device
+    probe = torch.arange(1, 9, device=device).unsqueeze(0) % model.config.vocab_size
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(input_ids=probe).logits.float()
+            found = model.get_output_embeddings()(hidden_states(probe)).float()
+        return found.shape == expected.shape and torch.allclose(found, expected, rtol=1e-3, atol=1e-3)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return False
+    finally:
+        model.train(training)
 
 
 def _scored_loss_sum(states: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -187,3 +188,40 @@ def apply_configured_settings(
     if scheduler is not None:
         scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     return changes
+
+
+def planned_steps(trainer: Any) -> int:
+    """The optimizer steps the trainer plans: the length the schedule spans.
+
+    Raises:
+        ConfigError: The run has no end (no ``max_epochs`` nor ``max_steps``).
+    """
+    total_steps = trainer.estimated_stepping_batches
+    if not math.isfinite(total_steps):
+        raise ConfigError(
+            "trainer: the run has no end; set trainer.max_epochs or trainer.max_steps so the schedule knows its length."
+        )
+    return int(total_steps)
+
+
+def settle_restored_optimizer(
+    optimizer: Optimizer, configured: list[dict[str, Any]], scheduler: LambdaLR | None, resumed: bool
+) -> None:
+    """Before the first step of a run: this config's settings over a restored optimizer's, the lr on schedule.
+
+    Args:
+        optimizer: The run's optimizer, restored from a checkpoint when ``resumed``.
+        configured: Its groups' settings before any restore (:func:`configured_settings`).
+        scheduler: The schedule, if any.
+        resumed: Whether the run resumed from a checkpoint.
+    """
+    if resumed:
+        changes = apply_configured_settings(optimizer, configured, scheduler)
+        if changes:
+            rank_zero_info(
+                f"lit_lora: resuming with this config's optimizer settings, not the checkpoint's: "
+                f"{', '.join(sorted(changes))}"
+            )
+    # After a restore, the schedule may cover a longer run than the one saved.
+    if scheduler is not None:
+        resync_learning_rates(scheduler)

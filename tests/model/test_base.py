@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
-from lit_lora.model.loss import token_loss_sum
+from lit_lora.model.loss import probe_separable_head, token_loss_sum
 from lit_lora.training.optim import LRSchedule
 from tests.helpers.modules import batch, build, lora_grads
 
@@ -264,11 +264,11 @@ def test_the_loss_scores_only_supervised_positions_and_equals_the_full_logits_lo
 
 def test_a_model_that_scales_its_logits_falls_back_to_the_full_head(tiny_model_dir):
     module = build(tiny_model_dir)
-    assert module._head_is_separable()
+    assert probe_separable_head(module.model, module.hidden_states)
     base = module.model.get_base_model()
     original = base.forward
     base.forward = lambda *args, **kwargs: type(original(*args, **kwargs))(logits=2 * original(*args, **kwargs).logits)
-    assert not module._head_is_separable()
+    assert not probe_separable_head(module.model, module.hidden_states)
 
 
 def test_under_autocast_adapter_inputs_skip_the_float32_cast_and_the_loss_is_unchanged(tiny_model_dir):
