@@ -50,13 +50,9 @@ class LengthGroupedSampler(EpochShuffleSampler):
     shuffled order, the one holding the longest example first (a batch too large
     for memory fails at the first step), and a short last batch last.
 
-    Measured on the benchmark (400 examples, batch 8, one epoch; supervised tokens/s
-    and validation loss, one run each): mega-batches of 50 batches in sorted order, a
-    curriculum from the longest examples to the shortest, val 0.0204; 50 batches in
-    shuffled order 36.7 tok/s, val 0.0194-0.0196 over three seeds; 8 batches 36.5,
-    0.0191; 4 batches 37.9, 0.0172; no grouping 34.8, 0.0189. Smaller groups keep the
-    speed and mix more lengths across the epoch's batches; the validation losses
-    differ by about as much as data orders do.
+    Small mega-batches keep the speed of grouping and mix more lengths across the
+    epoch's batches; a whole epoch sorted at once would be a curriculum from the
+    longest examples to the shortest (measurements: ``docs/benchmarks.md``).
 
     Args:
         lengths: Token count of every example.

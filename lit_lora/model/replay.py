@@ -7,8 +7,8 @@ and rebuild nothing that could not have been kept cheaply:
 - LoRA dropout. PEFT's ``nn.Dropout`` draws every mask again (from the restored RNG
   state, so the same masks). On a CPU those draws are expensive, and checkpointing
   doubles them. :class:`ReplayDropout` keeps each mask it drew (one byte per element)
-  and hands it back: with checkpointing, a step took 2.76 s instead of 3.30 s (Xeon,
-  bf16), about the 2.7 s of a step without. It also draws its masks faster than
+  and hands it back, so a checkpointed step costs about what a step without
+  checkpointing does (``docs/benchmarks.md``). It also draws its masks faster than
   ``bernoulli_``, see :func:`keep_mask`, so on CPU it replaces PEFT's dropout with or
   without checkpointing. On a GPU the draws are cheap and the masks of a large batch
   are gigabytes, so it is used only on CPU.
@@ -19,8 +19,8 @@ and rebuild nothing that could not have been kept cheaply:
   own graph takes the gradient). :class:`ReplayLinear` keeps each product and hands
   it back to the rerun, which is left with the adapters, norms, attention and
   elementwise ops. The price is the products: ``sum(out_features)`` values per token
-  per layer, 5,184 for SmolLM2-135M (453 MiB in float32 at 8 x 91 tokens), against
-  about 18,000 that a layer keeps without checkpointing.
+  per layer (5,184 for SmolLM2-135M), against about 18,000 that a layer keeps
+  without checkpointing.
 
 Each replaying module queues what its forward produced when gradients are on, and
 takes the oldest queued value when it runs inside a backward pass (a recomputation).

@@ -7,10 +7,9 @@ and printed, and a warning names what to change when it will not fit.
 ``gradient_checkpointing: auto`` recomputes activations only when memory needs it:
 when the run does not fit without it, or it lets ``batch_size: auto`` take a larger
 micro-batch; of the modes that do, it takes the fastest: off, then ``selective``,
-then full. Full checkpointing costs about one more forward pass per step
-(SmolLM2-135M QLoRA on CPU in bf16: 4.2 s a step with it, 2.2 s without; with
-``lit_lora.model.replay`` replaying the dropout masks, 2.8 s against 2.7 s);
-``selective`` also replays the base layers' products, for more memory.
+then full. Full checkpointing costs about one more forward pass per step, less
+on CPU where ``lit_lora.model.replay`` replays the dropout masks; ``selective``
+also replays the base layers' products, for more memory (``docs/benchmarks.md``).
 
 ``batch_size: auto`` picks the micro-batch from that estimate: the largest power of
 two, at most ``data.effective_batch_size``, whose estimate fits in 90% of the memory
