@@ -16,11 +16,13 @@ from lit_lora.callbacks import (
     TrainingDiagnostics,
 )
 from lit_lora.data import ClassificationDataModule, SFTDataModule
+from lit_lora.data.base import TaskDataModule
 
 # ClassificationModule and PreferenceDataModule add no arguments to their parents'.
 CONFIGURABLE = [
     LoRAModule,
     SFTDataModule,
+    TaskDataModule,
     DPOModule,
     ClassificationDataModule,
     QuantizationSettings,

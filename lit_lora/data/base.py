@@ -9,8 +9,7 @@ the tasks read from any data module.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Sized
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -72,16 +71,6 @@ def check_at_least(**settings: tuple[int | float | None, int]) -> None:
             raise ConfigError(f"data.{field}: {value} is below {smallest}. Fix: set it to at least {smallest}.")
 
 
-def base_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The arguments of :class:`TaskDataModule`'s constructor, picked from a subclass constructor's ``locals()``.
-
-    Args:
-        arguments: The subclass constructor's arguments by name (more are ignored).
-    """
-    names = inspect.signature(TaskDataModule.__init__).parameters
-    return {name: arguments[name] for name in names if name != "self"}
-
-
 class TaskDataModule(LightningDataModule):
     """Splits, tokenizer and loaders shared by every task's data module.
 
@@ -89,24 +78,40 @@ class TaskDataModule(LightningDataModule):
     validation data, else a ``val_fraction`` of the training rows held out (fixed by
     ``seed``); ``test_file`` and ``predict_file`` their splits, else the validation data.
 
-    A subclass sets ``encoding_settings`` to the constructor settings that change how a
-    row is encoded (they, and nothing else of the module, key the tokenization cache)
+    A subclass takes these settings through ``**kwargs`` (the CLI follows them here,
+    and ``--help`` prints these docs), declaring only those whose default or meaning
+    differs. It sets ``encoding_settings`` to the constructor settings that change how
+    a row is encoded (they, and nothing else of the module, key the tokenization cache)
     and ``loader_settings`` to the others; every constructor argument is in exactly one.
 
     Args:
-        train_file: Training data.
-        val_file: Validation data.
-        val_fraction: Share of the training rows held out when there is no ``val_file``.
-        test_file: Test data.
-        predict_file: Prediction data.
+        train_file: Training data: a local ``.jsonl``/``.json``/``.csv``/``.parquet``
+            file, or a hub dataset id ``name`` or ``name:split`` (default split ``train``).
+        val_file: Validation data, like ``train_file`` (default split ``validation``).
+            Leave unset to hold out ``val_fraction`` of the training data instead, or to
+            skip validation.
+        val_fraction: Share of the training rows held out for validation when there is
+            no ``val_file``, in [0, 1); the split is fixed by ``seed``. 0 means no validation.
+        test_file: Data for ``lit-lora test`` (default hub split ``test``); unset uses
+            the validation data.
+        predict_file: Data for ``lit-lora predict`` (default hub split ``test``); unset
+            uses the validation data.
         max_length: Longest example in tokens.
-        batch_size: Examples per training batch, or ``auto``.
-        effective_batch_size: With ``batch_size: auto``, the examples per optimizer step.
-        eval_batch_size: Examples per validation, test and predict batch; unset uses ``batch_size``.
-        num_workers: DataLoader worker processes.
+        batch_size: Examples per training batch, or ``auto``: the largest power of two
+            up to ``effective_batch_size`` whose estimated memory at ``max_length`` fits
+            the device once the model is loaded, with the trainer's gradient
+            accumulation set to reach ``effective_batch_size`` (see
+            ``lit_lora.training.planning``); both are printed.
+        effective_batch_size: With ``batch_size: auto``, the examples per optimizer
+            step (micro-batch x gradient accumulation, rounded up); otherwise unused.
+        eval_batch_size: Examples per validation, test and predict batch; unset uses
+            ``batch_size``.
+        num_workers: DataLoader worker processes; 0 loads batches in the main process.
         seed: Seeds the training shuffle, the loaders' workers and the ``val_fraction`` split.
-        tokenizer_name_or_path: Folder or hub id of the tokenizer.
+        tokenizer_name_or_path: Folder or hub id of the tokenizer. The CLI fills it in
+            from ``model.model_name_or_path``; set it only to use the data module alone.
         gguf_file: GGUF file inside ``tokenizer_name_or_path`` whose tokenizer to use.
+            The CLI fills it in from ``model.gguf_file``.
     """
 
     # Sequences each example puts in a batch, which the memory estimate counts.
@@ -127,19 +132,19 @@ class TaskDataModule(LightningDataModule):
 
     def __init__(
         self,
-        train_file: str | None,
-        val_file: str | None,
-        val_fraction: float,
-        test_file: str | None,
-        predict_file: str | None,
-        max_length: int,
-        batch_size: int | Literal["auto"],
-        effective_batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        seed: int,
-        tokenizer_name_or_path: str | None,
-        gguf_file: str | None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        val_fraction: float = 0.0,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        max_length: int = 2048,
+        batch_size: int | Literal["auto"] = 4,
+        effective_batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+        tokenizer_name_or_path: str | None = None,
+        gguf_file: str | None = None,
     ) -> None:
         super().__init__()
         check_split_files(train_file, val_file, val_fraction, test_file, predict_file)

@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_lora.data.base import Split, TaskDataModule, base_arguments
+from lit_lora.data.base import Split, TaskDataModule
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.files import load_split
 from lit_lora.errors import ConfigError
@@ -58,13 +58,13 @@ class ClassificationDataModule(TaskDataModule):
     The mapping is saved with the adapter (``labels.json``), so a trained adapter
     always reads its classes the way it was trained.
 
+    The settings of every task's data module (``val_file``, ``val_fraction``,
+    ``test_file``, ``effective_batch_size``, ``eval_batch_size``, ``num_workers``,
+    ``seed``, the tokenizer) are :class:`~lit_lora.data.base.TaskDataModule`'s, counted
+    in rows.
+
     Args:
         train_file: Training rows: a local file, or a hub dataset id ``name`` or ``name:split``.
-        val_file: Validation rows, like ``train_file``. Leave unset to hold out
-            ``val_fraction`` of the training rows instead, or to skip validation.
-        val_fraction: Share of the training rows held out for validation when there is
-            no ``val_file``, in [0, 1); the split is fixed by ``seed``.
-        test_file: Rows for ``test``; unset uses the validation rows.
         predict_file: Texts to classify in ``predict``; a label column is optional and,
             when present, is written next to each prediction as the reference. Unset
             uses the validation rows.
@@ -78,12 +78,7 @@ class ClassificationDataModule(TaskDataModule):
             scikit-learn computes it) for imbalanced data; unset weighs all alike.
         max_length: Longest text in tokens; longer texts keep their first ``max_length``.
         batch_size: Rows per training batch, or ``auto`` (see ``lit_lora.training.planning``).
-        effective_batch_size: With ``batch_size: auto``, the rows per optimizer step.
-        eval_batch_size: Rows per validation, test and predict batch; unset uses ``batch_size``.
-        num_workers: DataLoader worker processes.
-        seed: Seeds the training shuffle and the ``val_fraction`` split.
-        tokenizer_name_or_path: Tokenizer folder or hub id; the CLI fills it in from the model.
-        gguf_file: GGUF file holding the tokenizer; the CLI fills it in from the model.
+        **kwargs: The settings of :class:`~lit_lora.data.base.TaskDataModule`.
     """
 
     encoding_settings: ClassVar[tuple[str, ...]] = (
@@ -97,9 +92,6 @@ class ClassificationDataModule(TaskDataModule):
     def __init__(
         self,
         train_file: str | None = None,
-        val_file: str | None = None,
-        val_fraction: float = 0.0,
-        test_file: str | None = None,
         predict_file: str | None = None,
         text_field: str = "text",
         label_field: str = "label",
@@ -107,14 +99,10 @@ class ClassificationDataModule(TaskDataModule):
         class_weights: list[float] | Literal["balanced"] | None = None,
         max_length: int = 512,
         batch_size: int | Literal["auto"] = 16,
-        effective_batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 42,
-        tokenizer_name_or_path: str | None = None,
-        gguf_file: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**base_arguments(locals()))
+        base = {"train_file": train_file, "predict_file": predict_file, "max_length": max_length}
+        super().__init__(batch_size=batch_size, **base, **kwargs)
         if labels is not None and len(set(map(label_name, labels))) != len(labels):
             raise ConfigError(f"data.labels: {labels} names a label twice. Fix: list each label once.")
         if labels is not None and len(labels) < 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 from lit_lora.artifacts.tokenizer import one_thread_per_process
-from lit_lora.data.base import STAGE_SPLITS, Split, base_arguments, check_at_least
+from lit_lora.data.base import STAGE_SPLITS, Split, check_at_least
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.conversation import ConversationDataModule
 from lit_lora.data.files import load_split
@@ -62,19 +62,16 @@ class SFTDataModule(ConversationDataModule):
     ``collator`` to carry more per example (``lit_lora.data.PreferenceDataModule``
     pairs two responses this way).
 
+    The settings of every task's data module (``val_file``, ``val_fraction``,
+    ``test_file``, ``predict_file``, ``effective_batch_size``, ``eval_batch_size``,
+    ``num_workers``, ``seed``, the tokenizer) are :class:`~lit_lora.data.base.TaskDataModule`'s;
+    ``predict`` generates for each example cut before its last assistant turn, which
+    becomes the reference.
+
     Args:
-        train_file: Training data: a local file, or a hub dataset id ``name`` or
-            ``name:split`` (default split ``train``). Set this or ``mix``.
-        val_file: Validation data, like ``train_file`` (default split ``validation``).
-            Leave unset to hold out ``val_fraction`` of the training data instead, or to
-            skip validation.
-        val_fraction: Share of the training rows held out for validation when there is
-            no ``val_file``, in [0, 1); the split is fixed by ``seed``. 0 means no validation.
-        test_file: Data for ``lit-lora test`` (default hub split ``test``); unset uses
-            the validation data.
-        predict_file: Data to generate for in ``lit-lora predict`` (default hub split
-            ``test``): each example is cut before its last assistant turn, which becomes
-            the reference. Unset uses the validation data.
+        train_file: Training data: a local ``.jsonl``/``.json``/``.csv``/``.parquet``
+            file, or a hub dataset id ``name`` or ``name:split`` (default split
+            ``train``). Set this or ``mix``.
         format: How the data is laid out: ``prompt_completion`` (columns prompt,
             completion), ``alpaca`` (instruction, optional input, output), ``messages``
             (a list of role/content turns), a format a subclass adds to
@@ -90,16 +87,10 @@ class SFTDataModule(ConversationDataModule):
             estimated memory at ``max_length`` fits the device once the model is loaded,
             and sets the trainer's gradient accumulation to reach ``effective_batch_size``
             (see ``lit_lora.training.planning``); both are printed.
-        effective_batch_size: With ``batch_size: auto``, the examples per optimizer
-            step (micro-batch x gradient accumulation, rounded up); otherwise unused.
-        eval_batch_size: Examples per validation, test and predict batch; unset uses
-            ``batch_size``.
-        num_workers: DataLoader worker processes; 0 loads batches in the main process.
         num_proc: Processes for tokenizing the data; unset uses one. Results are cached
             by ``datasets``, so a second run with the same settings skips tokenizing.
         pad_to_multiple_of: Round each batch's padded length up to a multiple of this
             (8 suits tensor cores); unset pads to the longest example in the batch.
-        seed: Seeds the training shuffle and the ``val_fraction`` split.
         packing: Pack several training examples into each sequence of up to
             ``max_length`` tokens (best fit, examples never split unless
             ``packing_split``), so no compute goes to padding. The examples do not
@@ -126,10 +117,7 @@ class SFTDataModule(ConversationDataModule):
             probability ``weight_i / sum(weights)`` (without repeats inside a set until
             it is used up). Validation comes from ``val_file``; ``val_fraction``,
             ``packing`` and ``group_by_length`` do not apply to a mix.
-        tokenizer_name_or_path: Folder or hub id of the tokenizer. The CLI fills it in
-            from ``model.model_name_or_path``; set it only to use the data module alone.
-        gguf_file: GGUF file inside ``tokenizer_name_or_path`` whose tokenizer to use.
-            The CLI fills it in from ``model.gguf_file``.
+        **kwargs: The settings of :class:`~lit_lora.data.base.TaskDataModule`.
     """
 
     # Column renames happen before encoding; a mix's sets are read like single files.
@@ -147,37 +135,29 @@ class SFTDataModule(ConversationDataModule):
     def __init__(
         self,
         train_file: str | None = None,
-        val_file: str | None = None,
-        val_fraction: float = 0.0,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         format: str = "auto",
         template: Literal["auto", "chat", "plain"] = "auto",
         max_length: int = 2048,
         train_on_prompt: bool = False,
         batch_size: int | Literal["auto"] = 4,
-        effective_batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
         num_proc: int | None = None,
         pad_to_multiple_of: int | None = None,
-        seed: int = 42,
         packing: bool = False,
         packing_split: bool = False,
         group_by_length: bool = False,
         fields: dict[str, str] | None = None,
         mix: list[DataSource] | None = None,
-        tokenizer_name_or_path: str | None = None,
-        gguf_file: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**base_arguments(locals()))
+        super().__init__(train_file=train_file, max_length=max_length, batch_size=batch_size, **kwargs)
         # Only a tokenizer and template settings, no data at all: a module that encodes
         # prompts for generation; the missing training set is refused once it is read.
-        prompts_only = tokenizer_name_or_path is not None and not (
-            mix or fields or val_fraction or packing or group_by_length or val_file or test_file or predict_file
+        held_out = self.val_fraction or self.val_file or self.test_file or self.predict_file
+        prompts_only = self.tokenizer_name_or_path is not None and not (
+            mix or fields or held_out or packing or group_by_length
         )
         if train_file is not None or not prompts_only:
-            check_training_sets(train_file, mix, val_fraction, packing, group_by_length, self.format_columns)
+            check_training_sets(train_file, mix, self.val_fraction, packing, group_by_length, self.format_columns)
         check_packing_settings(packing, packing_split, group_by_length)
         check_format_name(format, self.format_columns)
         check_template_name(template)

@@ -16,12 +16,14 @@ MODULES = [SFTDataModule, PreferenceDataModule, ClassificationDataModule]
 
 
 def constructor_arguments(module: type[TaskDataModule]) -> set[str]:
-    """The arguments of the constructor the CLI reads, following ``*args, **kwargs`` up to the parent."""
-    for cls in module.__mro__:
-        names = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-        if names != ["args", "kwargs"]:
-            return set(names)
-    raise AssertionError(f"{module.__name__} has no constructor with named arguments")
+    """The arguments of the constructor the CLI reads, following ``*args``/``**kwargs`` up to the parents."""
+    names = set()
+    for cls in module.__mro__[: module.__mro__.index(TaskDataModule) + 1]:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return names
 
 
 @pytest.mark.parametrize("module", MODULES)
