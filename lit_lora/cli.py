@@ -246,6 +246,9 @@ def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCL
             "max_epochs": 3,
             "log_every_n_steps": 10,
             "plugins": [{"class_path": "lit_lora.artifacts.checkpoint_io.AtomicCheckpointIO"}],
+            # The data modules shard their loaders over devices themselves, keeping the
+            # training order; Lightning's DistributedSampler would replace it.
+            "use_distributed_sampler": False,
             # Lightning would pick TensorBoard when it happens to be installed; CSV needs
             # nothing and ``plot`` reads it. ``save_dir`` is linked to default_root_dir.
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"},

@@ -22,6 +22,7 @@ from lit_lora.artifacts.tokenizer import load_data_tokenizer
 from lit_lora.data.files import check_split_files
 from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler
+from lit_lora.data.sharding import ShardedCollator, ShardedDataset, eval_share
 from lit_lora.data.split import holdout_split
 from lit_lora.errors import ConfigError
 
@@ -286,13 +287,37 @@ class TaskDataModule(LightningDataModule):
         """What batches the training examples: :meth:`collator`."""
         return self.collator()
 
+    def devices(self) -> tuple[int, int]:
+        """``(devices sharing the data, this device's rank)``: ``(1, 0)`` outside a multi-device run.
+
+        Raises:
+            ConfigError: Several devices with ``trainer.use_distributed_sampler`` on, which
+                would replace the training order with Lightning's.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return 1, 0
+        # Lightning keeps this setting on its accelerator connector only.
+        if trainer._accelerator_connector.use_distributed_sampler:
+            raise ConfigError(
+                "trainer.use_distributed_sampler: true replaces lit_lora's training order (shuffle, length "
+                "grouping, mix weights, packs) on several devices; lit_lora shards its loaders itself. "
+                "Fix: set trainer.use_distributed_sampler: false (the lit_lora CLI's default)."
+            )
+        return trainer.world_size, trainer.global_rank
+
     def train_dataloader(self) -> DataLoader:
-        """Training batches in :meth:`train_sampler` order, resumable mid-epoch."""
-        dataset = self.train_dataset()
+        """Training batches in :meth:`train_sampler` order, this device's share of them, resumable mid-epoch."""
+        dataset, collate = self.train_dataset(), self.train_collator()
+        num_devices, rank = self.devices()
+        batch_sampler = ResumableBatchSampler(self.train_sampler(dataset), self.batch_size, False, num_devices, rank)
+        if num_devices > 1:
+            # A device short of a batch at the epoch's end runs a marked filler (lit_lora.data.sharding).
+            dataset, collate = ShardedDataset(dataset), ShardedCollator(collate)
         return ResumableDataLoader(
             dataset,
-            batch_sampler=ResumableBatchSampler(self.train_sampler(dataset), self.batch_size, drop_last=False),
-            collate_fn=self.train_collator(),
+            batch_sampler=batch_sampler,
+            collate_fn=collate,
             num_workers=self.num_workers,
             generator=self._generator(),
         )
@@ -310,7 +335,7 @@ class TaskDataModule(LightningDataModule):
         return self.eval_loader(self.dataset("predict"), self.collator())
 
     def eval_loader(self, examples: Any, collate: Callable[[list[Any]], dict[str, Any]]) -> DataLoader | list:
-        """Batches of ``eval_batch_size`` examples in order, or ``[]`` when there are none.
+        """Batches of ``eval_batch_size`` examples in order (this device's share), or ``[]`` when there are none.
 
         Args:
             examples: The examples, or ``None``.
@@ -319,7 +344,7 @@ class TaskDataModule(LightningDataModule):
         if not examples:
             return []
         return DataLoader(
-            examples,
+            eval_share(examples, *self.devices()),
             batch_size=self.eval_batch_size,
             collate_fn=collate,
             num_workers=self.num_workers,

@@ -15,23 +15,41 @@ from typing import Any
 
 from torch.utils.data import BatchSampler, DataLoader
 
+from lit_lora.data.sharding import device_share, shared_batch_count
+
 
 class ResumableBatchSampler(BatchSampler):
-    """A ``BatchSampler`` whose passes start after their first ``skip`` batches.
+    """A ``BatchSampler`` whose passes start after their first ``skip`` batches; one device's share of them.
 
+    The epoch order of ``sampler`` is cut into batches as one device would cut it,
+    and device ``rank`` of ``num_devices`` keeps its share (``lit_lora.data.sharding``).
     Skipping here, on index lists, costs nothing: the skipped examples are never
-    loaded or collated. It also sits after any distributed sampler Lightning wraps
-    around ``sampler``, so ``skip`` counts this device's batches. ``skip`` is read,
-    not consumed, because a multi-worker DataLoader iterates its batch sampler twice
+    loaded or collated; ``skip`` counts this device's batches. It is read, not
+    consumed, because a multi-worker DataLoader iterates its batch sampler twice
     while starting; :class:`ResumableDataLoader` resets it once its pass has begun.
+
+    Args:
+        sampler: The epoch order (example indices, or packs of them).
+        batch_size: Items per batch.
+        drop_last: Drop a short last batch.
+        num_devices: Devices sharing the batches.
+        rank: This device's index among them.
     """
 
-    def __init__(self, sampler: Any, batch_size: int, drop_last: bool) -> None:
+    def __init__(self, sampler: Any, batch_size: int, drop_last: bool, num_devices: int = 1, rank: int = 0) -> None:
         super().__init__(sampler, batch_size, drop_last)
+        self.num_devices = num_devices
+        self.rank = rank
         self.skip = 0
 
     def __iter__(self) -> Iterator[list[int]]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+        batches = super().__iter__()
+        if self.num_devices > 1:
+            batches = device_share(batches, self.num_devices, self.rank)
+        return itertools.islice(batches, self.skip, None)
+
+    def __len__(self) -> int:
+        return shared_batch_count(super().__len__(), self.num_devices)
 
 
 class ResumableDataLoader(DataLoader):

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
 from lit_lora.artifacts.source import check_model_source
 from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
+from lit_lora.data.sharding import FILLER_KEY
 from lit_lora.errors import ConfigError
 from lit_lora.model.checkpoint import check_adapter_shapes, trainable_shapes, trained_state
 from lit_lora.model.evaluation import EvaluationHooks
@@ -41,7 +42,7 @@ from lit_lora.training.optim import (
     settle_restored_optimizer,
 )
 from lit_lora.training.planning import check_memory
-from lit_lora.training.rng import rng_states, set_rng_states
+from lit_lora.training.rng import set_rng_states, store_rng_states, stored_rng_states
 from lit_lora.training.step_loss import StepLoss
 
 # Checkpoints store the constructor's settings as hyperparameters; allow these
@@ -295,7 +296,11 @@ class LoRAModule(EvaluationHooks, LightningModule):
         return token_loss_sum(self(*inputs), batch["labels"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        filler = batch.pop(FILLER_KEY, False)
         loss_sum, count = self.compute_loss(batch)
+        if filler:
+            # Run only to keep this device in step with the others (lit_lora.data.sharding).
+            loss_sum, count = loss_sum * 0, count * 0
         self._step_loss.add(loss_sum, count)
         # Lightning divides what we return by accumulate_grad_batches before backward;
         # multiply it back so the gradients stay plain sums, normalised at the step.
@@ -362,9 +367,8 @@ class LoRAModule(EvaluationHooks, LightningModule):
         """Keep only trained weights (a few MB instead of the whole frozen base) and the RNGs."""
         checkpoint["state_dict"] = trained_state(checkpoint["state_dict"], trainable_shapes(self))
         # Checkpoints are written between optimizer steps, so these are the states the
-        # next step's dropout starts from. Every device seeds alike (seed_everything),
-        # so process 0's states, the ones saved, are every process's.
-        checkpoint["rng_states"] = rng_states()
+        # next step's dropout starts from, one set per device.
+        store_rng_states(checkpoint)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Set back at the first batch rather than at load time: building the adapter,
@@ -379,7 +383,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         """Refuse a checkpoint whose adapter does not match this module's LoRA settings."""
         # ``load_from_checkpoint`` restores before any trainer built the model.
         self.configure_model()
-        self._rng_to_restore = checkpoint.get("rng_states")
+        self._rng_to_restore = stored_rng_states(checkpoint, self.global_rank)
         found = {name: value.shape for name, value in checkpoint["state_dict"].items()}
         check_adapter_shapes(trainable_shapes(self), found)
 

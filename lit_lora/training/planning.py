@@ -13,7 +13,8 @@ also replays the base layers' products, for more memory (``docs/benchmarks.md``)
 
 ``batch_size: auto`` picks the micro-batch from that estimate: the largest power of
 two, at most ``data.effective_batch_size``, whose estimate fits in 90% of the memory
-still available, and sets gradient accumulation to reach the effective batch size.
+still available, and sets gradient accumulation to reach the effective batch size over
+all devices (micro-batch x accumulation x devices).
 An estimate rather than probing forward/backward passes until one runs out of
 memory: a CPU has no out-of-memory error to catch (it swaps, or the process is
 killed), and the estimate needs no extra passes on any device. It is taken at the
@@ -205,13 +206,18 @@ def check_memory(
             data.eval_batch_size = micro
         message = f"lit_lora: batch_size auto: micro-batch {micro}"
         if training:
-            target = data.effective_batch_size
-            accumulation = trainer.accumulate_grad_batches = math.ceil(target / micro)
-            message += (
-                f" x gradient accumulation {accumulation} (effective batch {micro * accumulation}, "
-                f"data.effective_batch_size {target})"
-            )
+            # Every device trains a micro-batch per accumulation step.
+            target, devices = data.effective_batch_size, trainer.world_size
+            accumulation = trainer.accumulate_grad_batches = math.ceil(target / (micro * devices))
+            message += f" x gradient accumulation {accumulation}" + (f" x {devices} devices" if devices > 1 else "")
+            message += f" (effective batch {micro * accumulation * devices}, data.effective_batch_size {target})"
         rank_zero_info(f"{message} at sequence length {length}")
+    elif training:
+        accumulation, devices = trainer.accumulate_grad_batches, trainer.world_size
+        rank_zero_info(
+            f"lit_lora: effective batch {data.batch_size * accumulation * devices} per optimizer step "
+            f"(micro-batch {data.batch_size} x gradient accumulation {accumulation} x {devices} device(s))"
+        )
     result = estimate(data.batch_size, checkpointing)
     rank_zero_info(
         f"lit_lora: estimated memory at batch_size {data.batch_size} x sequence length {length} (the longest "
