@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,19 +39,27 @@ MODES = {
 }
 
 
-def fit(root: Path, data: list[str], devices: int) -> Path:
-    """One epoch of ``fit`` on ``devices`` processes, with the effective batch of 8 examples (or packs)."""
+def run_fit(root: Path, devices: int, *extra: str) -> subprocess.CompletedProcess:
+    """``fit`` on configs/tiny.yaml in its own process(es): one, or ``devices`` under DDP on gloo."""
     args = [
         *("-m", "lit_lora", "fit", "--config", "configs/tiny.yaml"),
         *("--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"),
-        *("--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--model.lora.dropout", "0.0"),
-        *("--data.batch_size", "4", "--trainer.accumulate_grad_batches", str(2 // devices)),
-        *data,
     ]
     if devices > 1:
         args += ["--trainer.devices", str(devices), "--trainer.strategy", "ddp"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, *args, *extra], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def fit(root: Path, data: list[str], devices: int) -> Path:
+    """One epoch without dropout at the effective batch of 8 examples (or packs); the adapter's file."""
+    done = run_fit(
+        root,
+        devices,
+        *("--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--model.lora.dropout", "0.0"),
+        *("--data.batch_size", "4", "--trainer.accumulate_grad_batches", str(2 // devices)),
+        *data,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return root / "adapter" / "adapter_model.safetensors"
 
@@ -76,3 +85,27 @@ def test_two_devices_train_what_one_device_with_twice_the_accumulation_trains(tm
     # The adapters did train: B starts at zero.
     assert max(weight.abs().max().item() for name, weight in one.items() if "lora_B" in name) > 1e-3
     assert torch.isfinite(torch.cat([w.flatten() for w in two.values()])).all()
+
+
+def test_two_devices_killed_mid_epoch_resume_to_the_uninterrupted_run(tmp_path):
+    # 6 batches per device and epoch at accumulation 2: 3 steps an epoch, a checkpoint
+    # every 2 steps, dropout on. Both processes kill themselves before batch 3 of
+    # epoch 1, in the middle of step 5; the newest checkpoint is step 4.
+    settings = ("--trainer.limit_train_batches", "6", "--step_checkpoint.every_n_train_steps", "2")
+    uninterrupted = run_fit(tmp_path / "uninterrupted", 2, *settings)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-4000:]
+    root = tmp_path / "resumed"
+    kill = ("--trainer.callbacks+=tests.helpers.kill_switch.KillAtBatch", "--trainer.callbacks.epoch=1")
+    killed = run_fit(root, 2, *settings, *kill, "--trainer.callbacks.batch=3")
+    assert killed.returncode == -signal.SIGKILL
+    last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 4)
+    assert len(last["rng_states_by_rank"]) == 2
+
+    resumed = run_fit(root, 2, *settings, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected = load_file(tmp_path / "uninterrupted" / "adapter" / "adapter_model.safetensors")
+    actual = load_file(root / "adapter" / "adapter_model.safetensors")
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
