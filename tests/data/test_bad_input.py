@@ -180,11 +180,8 @@ def test_bad_csv_row_names_row_and_line(tmp_path: Path, plain_path: str) -> None
         (['{"prompt": "Hi", "completion": 123}'], r"line 1: field 'completion' is int 123, not a string\. Fix: "),
         # Text in one line and a number in the next: read back as written, then refused.
         ([GOOD.strip(), '{"prompt": "Hi", "completion": 1.5}'], r"line 2: field 'completion' is float 1\.5, not a"),
-        # The same after a blank line, which the Arrow reader refuses: the file scan finds it.
-        (
-            [GOOD.strip(), "", '{"prompt": "Hi", "completion": 1.5}'],
-            r"line 3: field 'completion' is float 1\.5, but line 1 has a str there\. Fix: give the field one type",
-        ),
+        # The same after a blank line: the line in the file, not the row.
+        ([GOOD.strip(), "", '{"prompt": "Hi", "completion": 1.5}'], r"line 3: field 'completion' is float 1\.5, not a"),
     ],
 )
 def test_json_numbers_are_refused_not_turned_into_text(
