@@ -75,7 +75,9 @@ class ClassificationDataModule(TaskDataModule):
             when present, is written next to each prediction as the reference. Unset
             uses the validation rows.
         text_field: Column holding the text.
-        label_field: Column holding the label (text or integer).
+        label_field: Column holding the label (text or integer). A row of ``train_file``,
+            ``val_file`` or ``test_file`` whose label is null, NaN or empty is an error
+            naming its file and line.
         labels: Label names in class-id order. Unset: the distinct labels of
             ``train_file``, numbers in numeric order, then names in alphabetical order.
             A row whose label is not among them is an error naming its file and line.

@@ -73,7 +73,7 @@ def check_training_sets(
         check_data_path(source.path, f"data.mix[{index}].path")
         check_format_name(source.format, format_columns, f"data.mix[{index}].format")
         weight = source.weight
-        # NaN passes any comparison and infinity takes every draw, so both are refused with non-numbers.
+        # NaN fails every comparison (so `weight <= 0` let it through), and infinity would take every draw.
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
             raise ConfigError(
                 f"data.mix[{index}].weight: {weight!r} is not a finite number > 0. Fix: give each set a "

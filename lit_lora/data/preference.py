@@ -96,7 +96,8 @@ class PreferenceDataModule(SFTDataModule):
     the response is labelled: the prompt is masked on both sides. The prompt and
     responses are text, or lists of role/content turns (the prompt may hold a system
     turn and earlier dialogue). A pair is dropped, with a warning, when either side
-    has no response token left within ``max_length``.
+    has no response token left within ``max_length``. A pair whose sides encode the
+    same (see :func:`identical_pairs`) is kept, but counted in ``identical`` and warned about.
 
     Batches hold the chosen sequences and then the rejected ones (see
     :class:`PairCollator`); ``batch_size`` counts pairs. Everything else is

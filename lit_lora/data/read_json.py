@@ -147,7 +147,7 @@ def _records(path: Path, source: str) -> Iterator[Record]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ConfigError(
+            raise _one_document(path, source) or ConfigError(
                 f"{source}: line {number} is not valid JSON ({error.msg} at column {error.colno}): "
                 f"{snippet(line.rstrip())}. Fix: write each line as one complete JSON object, such as "
                 '{"prompt": "...", "completion": "..."}, with line breaks inside strings written as \\n.'
@@ -177,3 +177,19 @@ def _list_records(path: Path, source: str) -> Iterator[Record]:
                 '[{"prompt": "...", "completion": "..."}, ...], or as JSON Lines (.jsonl).'
             )
         yield item, 0
+
+
+def _one_document(path: Path, source: str) -> ConfigError | None:
+    """The error for a file that is one JSON value other than a list, spread over lines; ``None`` for any other file.
+
+    Such a file (an object holding the rows under a key, say) reads as broken JSON
+    Lines, so it is told apart only once a line fails to parse.
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError:
+        return None
+    return ConfigError(
+        f"{source}: the file holds one JSON {type(value).__name__}, not a list of objects or JSON Lines. Fix: write "
+        'it as [{"prompt": "...", "completion": "..."}, ...], or as JSON Lines (.jsonl), one object per line.'
+    )

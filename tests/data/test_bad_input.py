@@ -87,6 +87,12 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         ("long.csv", b"prompt,completion\nHi,Hello,there\n", r"row 1 \(line 2\) has 3 fields but the header has 2"),
         ("latin1.csv", "prompt,completion\nHi,café\n".encode("latin-1"), r"line 2 is not valid UTF-8"),
         (
+            # One object spread over lines, not a list: told apart from broken JSON Lines.
+            "dict.json",
+            b'{\n  "rows": [{"prompt": "Hi", "completion": "Hello"}]\n}\n',
+            r"the file holds one JSON dict, not a list of objects or JSON Lines\. Fix: write it as \[\{",
+        ),
+        (
             "broken.json",
             b'[{"prompt": "Hi", "completion": "Hello"},\n {"prompt" "Hi"}]',
             r"line 2 is not valid JSON \(Expecting ':' delimiter at column 12\)\. Fix: correct the JSON there",

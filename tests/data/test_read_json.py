@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -80,9 +79,7 @@ def test_a_file_of_many_arrow_blocks_is_read_field_for_field(tmp_path: Path) -> 
                 "completion": DATES[index % len(DATES)] if index % 3 else f"{index}.0",
             }
             file.write(json.dumps(row, ensure_ascii=index % 2 == 0) + "\n")
-    start = time.perf_counter()
     rows = load_split(str(path), "data.train_file", "train")
-    assert time.perf_counter() - start < 5
     assert len(rows) == 120_000
     with path.open(encoding="utf-8") as file:
         for batch in rows.iter(batch_size=20_000):
