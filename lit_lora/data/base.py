@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.artifacts.tokenizer import load_data_tokenizer
+from lit_lora.data.cache import LIT_LORA_VERSION
 from lit_lora.data.files import check_split_files
 from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
 from lit_lora.data.sampler import EpochShuffleSampler
@@ -244,16 +245,19 @@ class TaskDataModule(LightningDataModule):
             self.tokenizer = load_data_tokenizer(self.tokenizer_name_or_path, self.gguf_file)
 
     def encoder(self) -> TaskDataModule:
-        """A bare copy for ``Dataset.map``: the tokenizer, the ``encoding_settings`` and ``encoding_state``.
+        """A bare copy for ``Dataset.map``: the tokenizer, the ``encoding_settings``, ``encoding_state`` and version.
 
         ``Dataset.map`` pickles its function to worker processes and hashes it into the
         cache key, so the copy carries nothing else: no trainer (it cannot be pickled),
         no loaded data (which would change the key from one call to the next), no
-        loader settings (a new batch size must not tokenize everything again).
+        loader settings (a new batch size must not tokenize everything again). It
+        carries lit_lora's version, as the hash names lit_lora's code but does not read
+        it: after an upgrade, which may encode differently, everything is tokenized anew.
+        The rows it encodes key the cache by their content (``lit_lora.data.cache``).
         """
         clone = object.__new__(type(self))
         names = ("tokenizer", *self.encoding_settings, *self.encoding_state)
-        clone.__dict__.update({name: getattr(self, name) for name in names})
+        clone.__dict__.update({name: getattr(self, name) for name in names}, lit_lora_version=LIT_LORA_VERSION)
         return clone
 
     # What a subclass derives from the tokenizer and its encoding settings, for encoder().

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +20,11 @@ from lit_lora.errors import ConfigError
 def label_name(value: Any) -> str:
     """A label as the mapping names it: the text of the value (``1`` and ``"1"`` are one label)."""
     return str(value).strip()
+
+
+def missing_label(value: Any) -> bool:
+    """Whether a label value names no class: null, NaN, or empty (or blank) text."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not label_name(value)
 
 
 def sorted_labels(values: Sequence[Any]) -> list[str]:
@@ -69,7 +75,9 @@ class ClassificationDataModule(TaskDataModule):
             when present, is written next to each prediction as the reference. Unset
             uses the validation rows.
         text_field: Column holding the text.
-        label_field: Column holding the label (text or integer).
+        label_field: Column holding the label (text or integer). A row of ``train_file``,
+            ``val_file`` or ``test_file`` whose label is null, NaN or empty is an error
+            naming its file and line.
         labels: Label names in class-id order. Unset: the distinct labels of
             ``train_file``, numbers in numeric order, then names in alphabetical order.
             A row whose label is not among them is an error naming its file and line.
@@ -125,8 +133,11 @@ class ClassificationDataModule(TaskDataModule):
                     "data.labels is not set and there is no data.train_file to read them from. "
                     "Fix: set data.labels to the class names in the order the adapter was trained with."
                 )
-            rows = self._rows("data.train_file", self.train_file, "train", need_labels=True)
-            self.labels = sorted_labels(rows[self.label_field])
+            values = self._rows("data.train_file", self.train_file, "train", need_labels=True)[self.label_field]
+            for position, value in enumerate(values):
+                if missing_label(value):
+                    raise self._missing_label("data.train_file", self.train_file, position, value)
+            self.labels = sorted_labels(values)
             if len(self.labels) < 2:
                 raise ConfigError(
                     f"data.train_file '{self.train_file}': column '{self.label_field}' holds a single label "
@@ -181,10 +192,11 @@ class ClassificationDataModule(TaskDataModule):
 
     def _texts_and_references(self, split: Split) -> tuple[list[str], list[str | None]]:
         if split not in self._texts:
-            rows = self._source_rows(split)
+            rows, _ = self._source_rows(split)
             texts = list(rows[self.text_field])
             if self.label_field in rows.column_names:
-                self._texts[split] = (texts, [label_name(value) for value in rows[self.label_field]])
+                labels = rows[self.label_field]
+                self._texts[split] = (texts, [None if missing_label(v) else label_name(v) for v in labels])
             else:
                 self._texts[split] = (texts, [None] * len(texts))
         return self._texts[split]
@@ -197,14 +209,16 @@ class ClassificationDataModule(TaskDataModule):
             self._load(split)
         return self._splits[split]
 
-    def _source_rows(self, split: Split) -> Dataset:
+    def _source_rows(self, split: Split) -> tuple[Dataset, Sequence[int]]:
+        """A split's rows, and their 0-based positions in the file they come from, for errors."""
         split = self.resolve(split)
         field, value, default_split = self.source(split)
         rows = self._rows(field, value, default_split, need_labels=split != "predict")
         if field != "data.train_file":
-            return rows
+            return rows, range(len(rows))
         train, held_out = self.holdout(len(rows))
-        return rows.select(held_out if split == "validation" else train)
+        positions = held_out if split == "validation" else train
+        return rows.select(positions), positions
 
     def _rows(self, field: str, value: str, default_split: str, need_labels: bool) -> Dataset:
         rows = load_split(value, field, default_split)
@@ -223,29 +237,40 @@ class ClassificationDataModule(TaskDataModule):
             return
         self.load_tokenizer()
         field, value, _ = self.source(split)
-        rows = self._source_rows(split)
+        rows, positions = self._source_rows(split)
         # Predicting needs no labels: a predict file's label column is only read as the reference.
         has_labels = split != "predict"
         names = self.label_names() if has_labels else []
         ids = {name: index for index, name in enumerate(names)}
         labels = []
-        for index, row in enumerate(rows):
+        for position, row in zip(map(int, positions), rows, strict=True):
             text = row[self.text_field]
             if not isinstance(text, str) or not text.strip():
                 raise ConfigError(
-                    f"{field} '{value}', {row_location(value, index)}: '{self.text_field}' is empty or not text."
+                    f"{field} '{value}', {row_location(value, position)}: '{self.text_field}' is empty or not text."
                 )
             if not has_labels:
                 labels.append(-1)
                 continue
+            if missing_label(row[self.label_field]):
+                raise self._missing_label(field, value, position, row[self.label_field])
             name = label_name(row[self.label_field])
             if name not in ids:
                 raise ConfigError(
-                    f"{field} '{value}', {row_location(value, index)}: label '{name}' is not one of {names}. "
+                    f"{field} '{value}', {row_location(value, position)}: label '{name}' is not one of {names}. "
                     "Fix: correct the row, or add the label to data.labels (which then must list every class)."
                 )
             labels.append(ids[name])
         encoded = self.tokenizer(list(rows[self.text_field]), truncation=True, max_length=self.max_length)
         self._splits[split] = Dataset.from_dict(
             {"input_ids": encoded["input_ids"], "label": labels, "index": list(range(len(rows)))}
+        )
+
+    def _missing_label(self, field: str, path: str, position: int, value: Any) -> ConfigError:
+        """The error for a row whose label names no class (see :func:`missing_label`)."""
+        shown = "null" if value is None else "NaN" if isinstance(value, float) else repr(value)
+        return ConfigError(
+            f"{field} '{path}', {row_location(path, position)}: '{self.label_field}' is {shown}, which names no "
+            "class. Fix: write the row's label, or drop the row (texts to classify without labels go in "
+            "data.predict_file)."
         )

@@ -1,26 +1,34 @@
 """Finding where in a local data file a problem is: the 1-based line, what is there, and the fix.
 
 Every check streams the file one line at a time, so a file of millions of examples is
-never held in memory as Python objects. The cheap checks (encoding, emptiness, CSV
-field counts) run before every load; the JSON parse check runs only once the fast
-Arrow reader has failed, to say where and why, which that reader does not.
+never held in memory as Python objects. The checks (encoding, emptiness, CSV field
+counts) run before a file is read; JSON is checked as it is parsed
+(``lit_lora.data.read_json``).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
 from lit_lora.errors import ConfigError
 
 _SNIPPET = 80  # characters of an offending line quoted in an error
+# The csv module refuses a field over 128 KiB by default; pandas, which reads the rows, has no such limit.
+_FIELD_LIMIT = 2**31 - 1
 
 
-def _snippet(text: str) -> str:
-    return repr(text[:_SNIPPET] + ("..." if len(text) > _SNIPPET else ""))
+def shorten(text: str) -> str:
+    """The first 80 characters of a text, as an error quotes it, ending in ``...`` when cut."""
+    return text[:_SNIPPET] + ("..." if len(text) > _SNIPPET else "")
+
+
+def snippet(text: str) -> str:
+    """A line of a file as an error quotes it: :func:`shorten`, in quotes and escaped."""
+    return repr(shorten(text))
 
 
 def check_text(path: Path, source: str) -> None:
@@ -39,7 +47,7 @@ def check_text(path: Path, source: str) -> None:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                shown = _snippet(raw.decode("utf-8", "replace").rstrip())
+                shown = snippet(raw.decode("utf-8", "replace").rstrip())
                 raise ConfigError(
                     f"{source}: line {number} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte "
                     f"{error.start + 1} of the line): {shown}. Fix: save the file as UTF-8 (for example "
@@ -63,7 +71,7 @@ def check_csv_fields(path: Path, source: str) -> None:
     Raises:
         ConfigError: A row's field count differs from the header's, or there are no rows.
     """
-    with path.open(newline="", encoding="utf-8") as file:
+    with path.open(newline="", encoding="utf-8") as file, _long_fields():
         reader = csv.reader(file)
         header = next(reader, [])
         row = 0
@@ -71,11 +79,22 @@ def check_csv_fields(path: Path, source: str) -> None:
             if len(record) != len(header):
                 raise ConfigError(
                     f"{source}: row {row} (line {line}) has {len(record)} fields but the header has "
-                    f"{len(header)} ({', '.join(header)}): {_snippet(','.join(record))}. Fix: give every row "
+                    f"{len(header)} ({', '.join(header)}): {snippet(','.join(record))}. Fix: give every row "
                     "one value per column, quoting values that contain commas or line breaks."
                 )
     if row == 0:
         raise ConfigError(f"{source}: the file has a header row but no examples. Fix: add rows below the header.")
+
+
+@contextmanager
+def _long_fields() -> Iterator[None]:
+    """Let the csv module read fields of any length, as pandas does, until the block ends."""
+    # The limit is process-wide state, so it is restored for whoever else uses the module.
+    previous = csv.field_size_limit(_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
@@ -91,71 +110,27 @@ def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
         start = reader.line_num + 1
 
 
-def find_bad_json(path: Path, source: str) -> ConfigError | None:
-    """Locate the first problem in a JSON file that the Arrow reader refused.
+def json_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield each non-blank line of a UTF-8 file with its 1-based number: the rows of a JSON Lines file.
 
     Args:
-        path: A ``.jsonl`` file (one object per line) or a ``.json`` file (a list of objects).
-        source: Where the file was set, named in the error.
-
-    Returns:
-        An error naming the line, what is there and the fix, or ``None`` when every
-        line parses, so that the reader's own error is the best there is.
+        path: The file.
     """
-    if path.suffix.lower() == ".json":
-        return _find_bad_document(path, source)
-    first: dict[str, tuple[str, int]] = {}  # field -> the JSON type it first had, and on which line
-    with path.open(encoding="utf-8") as file:
+    # utf-8-sig: a byte-order mark, which some editors write, is no part of the first line.
+    with path.open(encoding="utf-8-sig") as file:
         for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                return ConfigError(
-                    f"{source}: line {number} is not valid JSON ({error.msg} at column {error.colno}): "
-                    f"{_snippet(line.rstrip())}. Fix: write each line as one complete JSON object, such as "
-                    '{"prompt": "...", "completion": "..."}, with line breaks inside strings written as \\n.'
-                )
-            if not isinstance(value, dict):
-                return ConfigError(
-                    f"{source}: line {number} is a JSON {type(value).__name__}, not an object: "
-                    f"{_snippet(line.rstrip())}. Fix: write each line as one JSON object, such as "
-                    '{"prompt": "...", "completion": "..."}.'
-                )
-            for field, item in value.items():
-                if item is None:  # null fits a column of any type
-                    continue
-                kind, seen = first.setdefault(field, (_kind(item), number))
-                if kind != _kind(item):
-                    return ConfigError(
-                        f"{source}, line {number}: field '{field}' is {type(item).__name__} {repr(item)[:_SNIPPET]}, "
-                        f"but line {seen} has a {kind} there. Fix: give the field one type on every line, "
-                        "writing text in quotes."
-                    )
-    return None
+            if line.strip():
+                yield number, line
 
 
-def _kind(value: object) -> str:
-    # Arrow widens whole numbers to floats in one column, so only other mixes fail.
-    return "number" if isinstance(value, int | float) and not isinstance(value, bool) else type(value).__name__
+def holds_json_list(path: Path) -> bool:
+    """Whether a JSON file holds one list of objects (it starts with ``[``) rather than JSON Lines.
 
-
-def _find_bad_document(path: Path, source: str) -> ConfigError | None:
-    # A .json file is one document, so it is parsed whole; use .jsonl for large data.
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        return ConfigError(
-            f"{source}: line {error.lineno} is not valid JSON ({error.msg} at column {error.colno}). "
-            "Fix: correct the JSON there, or save the data as JSON Lines (.jsonl), one object per line."
-        )
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        return ConfigError(
-            f"{source}: the file holds a JSON {type(value).__name__}, not a list of objects. Fix: write "
-            'it as [{"prompt": "...", "completion": "..."}, ...], or as JSON Lines (.jsonl).'
-        )
-    return None
+    Args:
+        path: A UTF-8 ``.json`` or ``.jsonl`` file.
+    """
+    _, first = next(json_lines(path), (0, ""))
+    return first.lstrip().startswith("[")
 
 
 def row_location(path: str, index: int) -> str:
@@ -167,13 +142,12 @@ def row_location(path: str, index: int) -> str:
     """
     file_path = Path(path).expanduser()
     suffix = file_path.suffix.lower()
-    if suffix == ".jsonl" and file_path.is_file():
-        with file_path.open(encoding="utf-8") as file:
-            # Blank lines hold no row, so the index counts only the others.
-            numbers = (number for number, line in enumerate(file, start=1) if line.strip())
-            return f"line {next(islice(numbers, index, None))}"
+    if suffix in (".jsonl", ".json") and file_path.is_file() and not holds_json_list(file_path):
+        # Blank lines hold no row, so the index counts only the others.
+        line, _ = next(islice(json_lines(file_path), index, None))
+        return f"line {line}"
     if suffix == ".csv" and file_path.is_file():
-        with file_path.open(newline="", encoding="utf-8") as file:
+        with file_path.open(newline="", encoding="utf-8") as file, _long_fields():
             reader = csv.reader(file)
             next(reader)
             line, _ = next(islice(_records(reader), index, None))

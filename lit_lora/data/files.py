@@ -5,30 +5,38 @@ A setting names a local file when it has a known extension (``.jsonl``, ``.json`
 more than one ``/``, or exists on disk. Anything else is a hub dataset id, ``name``
 or ``org/name``, optionally followed by ``:split``.
 
-Local files are read with the ``datasets`` builders directly (``Dataset.from_json``
-and friends), never through ``load_dataset``, which asks the hub about the builder
-even for a local file. Rows are written to Arrow files on disk, cached by the file's
-path and modification time, so a second run reads them back at once.
+Local files are read without ``load_dataset``, which asks the hub about the builder
+even for a local file: JSON with Python's ``json`` module (``lit_lora.data.read_json``),
+so that no string is taken for a date or a number; CSV with pandas, every field a
+string; Parquet with pyarrow, each column of the type it was saved with. Rows are
+written to Arrow files on disk, cached by the file's content (``lit_lora.data.cache``),
+so a second run reads them back at once.
 
 Before reading, a local text file must be UTF-8 and non-empty, and every CSV row
-must have one field per header column; a JSON file the reader refuses is scanned to
-name the offending line. See ``lit_lora.data.diagnose``.
+must have one field per header column (``lit_lora.data.diagnose``); a JSON file is
+checked line by line as it is parsed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-from datasets import Dataset, Features, Value, load_dataset
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Dataset, load_dataset
 
-from lit_lora.data.diagnose import check_csv_fields, check_text, find_bad_json
+from lit_lora.data.cache import cached_rows
+from lit_lora.data.diagnose import check_csv_fields, check_text
+from lit_lora.data.read_json import json_tables
 from lit_lora.errors import ConfigError
 
-# File extension -> the `datasets` builder that reads it.
-BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# File extension -> how it is read.
+READERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
-_KNOWN = ", ".join(BUILDERS)
+_KNOWN = ", ".join(READERS)
+_CSV_ROWS = 10_000  # rows per table read from a CSV file
 
 
 def is_local(value: str) -> bool:
@@ -39,7 +47,7 @@ def is_local(value: str) -> bool:
     """
     path = Path(value).expanduser()
     return (
-        path.suffix.lower() in BUILDERS
+        path.suffix.lower() in READERS
         or value.startswith((".", "/", "~"))
         or "\\" in value
         or value.count("/") > 1
@@ -67,7 +75,7 @@ def check_data_path(value: str, field: str) -> None:
             f"{field}: '{value}' does not exist (looked for {path.resolve()}). Fix: point {field} at an "
             f"existing {_KNOWN} file, or at a hub dataset id such as 'org/name' or 'org/name:train'."
         )
-    if not path.is_file() or path.suffix.lower() not in BUILDERS:
+    if not path.is_file() or path.suffix.lower() not in READERS:
         raise ConfigError(
             f"{field}: '{value}' is not a {_KNOWN} file. Fix: save the data in one of those formats "
             f"and point {field} at that file."
@@ -106,17 +114,12 @@ def load_split(value: str, field: str, default_split: str) -> Dataset:
 
 
 def _load_file(path: Path, source: str) -> Dataset:
-    builder = BUILDERS[path.suffix.lower()]
-    if builder != "parquet":
-        check_text(path, source)
-    if builder == "csv":
-        check_csv_fields(path, source)
+    reader = READERS[path.suffix.lower()]
     try:
-        return _read_file(path, builder)
-    except Exception as error:  # pandas, pyarrow and datasets each raise their own types for a malformed file
-        found = find_bad_json(path, source) if builder == "json" else None
-        if found is not None:
-            raise found from error
+        return cached_rows(path, reader, lambda: _tables(path, reader, source))
+    except ConfigError:
+        raise
+    except Exception as error:  # pandas and pyarrow each raise their own types for a malformed file
         raise ConfigError(
             f"{source}: could not read the file ({type(error).__name__}: {error}). Fix: make it valid JSON "
             "Lines (one object per line), a JSON list of objects, a CSV file with a header row, or a "
@@ -124,21 +127,21 @@ def _load_file(path: Path, source: str) -> Dataset:
         ) from error
 
 
-def _read_file(path: Path, builder: str) -> Dataset:
-    if builder == "json":
-        return Dataset.from_json(str(path))
-    if builder == "parquet":
-        return Dataset.from_parquet(str(path))
+def _tables(path: Path, reader: str, source: str) -> tuple[pa.Schema, Iterator[pa.Table | pa.RecordBatch]]:
+    """Check a file, then return the schema of its rows and their tables in file order, read as consumed."""
+    if reader == "parquet":
+        file = pq.ParquetFile(path)
+        return file.schema_arrow, file.iter_batches()
+    check_text(path, source)
+    if reader == "json":
+        return json_tables(path, source)
+    check_csv_fields(path, source)
     # pandas would read "00123" as 123, "NA" and "" as NaN and "True" as a bool;
     # typing every column as a string and turning NA detection off keeps each field
     # byte-exact. The header is read with the same parser so the names match.
-    columns = pd.read_csv(path, nrows=0).columns
-    return Dataset.from_csv(
-        str(path),
-        features=Features({column: Value("string") for column in columns}),
-        keep_default_na=False,
-        na_filter=False,
-    )
+    schema = pa.schema([(name, pa.string()) for name in pd.read_csv(path, nrows=0).columns])
+    chunks = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, chunksize=_CSV_ROWS)
+    return schema, (pa.Table.from_pandas(chunk, schema=schema, preserve_index=False) for chunk in chunks)
 
 
 def check_split_files(

@@ -142,7 +142,7 @@ def response_field(row: Mapping[str, Any], field: str) -> str:
 
 
 def _response(value: Any, name: str) -> str:
-    if _string(value, name) == "":
+    if not _string(value, name).strip():
         raise ConfigError(
             f"{name} is an empty response, which would train the model to stop at once. "
             "Fix: write the response, or drop the example."

@@ -6,6 +6,7 @@ the task without forgetting how to follow other instructions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -71,8 +72,13 @@ def check_training_sets(
     for index, source in enumerate(mix):
         check_data_path(source.path, f"data.mix[{index}].path")
         check_format_name(source.format, format_columns, f"data.mix[{index}].format")
-        if source.weight <= 0:
-            raise ConfigError(f"data.mix[{index}].weight: {source.weight} must be > 0 (weights are relative shares).")
+        weight = source.weight
+        # NaN fails every comparison (so `weight <= 0` let it through), and infinity would take every draw.
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+            raise ConfigError(
+                f"data.mix[{index}].weight: {weight!r} is not a finite number > 0. Fix: give each set a "
+                "positive weight, such as 1.0 (weights are relative shares)."
+            )
     for name, value in (("val_fraction", val_fraction > 0), ("packing", packing), ("group_by_length", group_by_length)):
         if value:
             raise ConfigError(

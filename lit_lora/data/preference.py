@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from datasets import Dataset
+from lightning.pytorch.utilities import rank_zero_warn
+
 from lit_lora.data.collate import SFTCollator
+from lit_lora.data.diagnose import row_location
 from lit_lora.data.encode import Example
 from lit_lora.data.formats import (
     Conversation,
@@ -13,13 +17,14 @@ from lit_lora.data.formats import (
     response_field,
     text_field,
 )
-from lit_lora.data.sft import SFTDataModule
+from lit_lora.data.sft import SFTDataModule, _Part
 from lit_lora.data.stats import token_lengths
 from lit_lora.errors import ConfigError
 
 # The format of preference rows, and the internal name under which their rejected side is rendered.
 PREFERENCE = "preference"
 _REJECTED = "preference (rejected response)"
+_BATCH = 1024  # pairs compared at a time
 
 
 def preference_conversation(row: Mapping[str, Any], response: str) -> Conversation:
@@ -43,6 +48,26 @@ def preference_conversation(row: Mapping[str, Any], response: str) -> Conversati
             f"{type(row['prompt']).__name__} and {type(row[response]).__name__}."
         )
     return check_messages([*turns, *reply])
+
+
+def identical_pairs(examples: Dataset) -> list[int]:
+    """The positions of the encoded pairs whose two sides are the same tokens with the same ones trained.
+
+    Such a pair gives DPO nothing to learn: its loss is the same whatever the model,
+    so its gradient is zero. Pairs with no trained token are left out (they are dropped).
+
+    Args:
+        examples: Encoded pairs, as :meth:`PreferenceDataModule.encode_row` makes them.
+    """
+    columns = ["input_ids", "labels", "rejected_input_ids", "rejected_labels", "num_supervised"]
+    same = []
+    for start, batch in enumerate(examples.select_columns(columns).iter(batch_size=_BATCH)):
+        for offset, (ids, labels, rejected_ids, rejected_labels, supervised) in enumerate(
+            zip(*(batch[column] for column in columns))
+        ):
+            if supervised and ids == rejected_ids and labels == rejected_labels:
+                same.append(start * _BATCH + offset)
+    return same
 
 
 class PairCollator:
@@ -71,7 +96,8 @@ class PreferenceDataModule(SFTDataModule):
     the response is labelled: the prompt is masked on both sides. The prompt and
     responses are text, or lists of role/content turns (the prompt may hold a system
     turn and earlier dialogue). A pair is dropped, with a warning, when either side
-    has no response token left within ``max_length``.
+    has no response token left within ``max_length``. A pair whose sides encode the
+    same (see :func:`identical_pairs`) is kept, but counted in ``identical`` and warned about.
 
     Batches hold the chosen sequences and then the rejected ones (see
     :class:`PairCollator`); ``batch_size`` counts pairs. Everything else is
@@ -88,6 +114,8 @@ class PreferenceDataModule(SFTDataModule):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Pairs whose sides encode the same (see identical_pairs), per file read ("data.train_file 'x.jsonl'").
+        self.identical: dict[str, int] = {}
         if self.packing:
             raise ConfigError("data.packing: preference pairs are not packed. Fix: set data.packing: false.")
         if self.train_on_prompt:
@@ -113,6 +141,27 @@ class PreferenceDataModule(SFTDataModule):
             if examples is not None and len(examples)
         ]
         return super().longest_examples() + rejected
+
+    def _read(
+        self,
+        field: str,
+        value: str,
+        default_split: str,
+        format: str | None = None,
+        fields: dict[str, str] | None = None,
+    ) -> _Part:
+        """Read and encode a file of pairs (see SFTDataModule), counting and warning about pairs with equal sides."""
+        part = super()._read(field, value, default_split, format, fields)
+        same = identical_pairs(part.examples)
+        self.identical[part.source] = len(same)
+        if same:
+            rank_zero_warn(
+                f"{part.source}: {len(same)} of {len(part.examples)} pairs have a 'chosen' that encodes the same as "
+                f"their 'rejected' (the same response, or the same up to data.max_length), first at "
+                f"{row_location(value, same[0])}; DPO learns nothing from them. Fix: drop those rows, or give "
+                "them a different rejected response."
+            )
+        return part
 
     def collator(self) -> PairCollator:
         """Batches pairs: the chosen sequences, then the rejected (see :class:`PairCollator`)."""

@@ -10,14 +10,17 @@ left with nothing is an error.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from lit_lora.data import SFTDataModule, render
+from lit_lora.data import ClassificationDataModule, SFTDataModule, render
 from lit_lora.data.files import load_split
+from lit_lora.data.mixing import DataSource
+from lit_lora.data.split import holdout_split
 from lit_lora.errors import ConfigError
 from tests.helpers.sft import write_jsonl
 
@@ -83,6 +86,12 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         ),
         ("long.csv", b"prompt,completion\nHi,Hello,there\n", r"row 1 \(line 2\) has 3 fields but the header has 2"),
         ("latin1.csv", "prompt,completion\nHi,café\n".encode("latin-1"), r"line 2 is not valid UTF-8"),
+        (
+            # One object spread over lines, not a list: told apart from broken JSON Lines.
+            "dict.json",
+            b'{\n  "rows": [{"prompt": "Hi", "completion": "Hello"}]\n}\n',
+            r"the file holds one JSON dict, not a list of objects or JSON Lines\. Fix: write it as \[\{",
+        ),
         (
             "broken.json",
             b'[{"prompt": "Hi", "completion": "Hello"},\n {"prompt" "Hi"}]',
@@ -180,11 +189,8 @@ def test_bad_csv_row_names_row_and_line(tmp_path: Path, plain_path: str) -> None
         (['{"prompt": "Hi", "completion": 123}'], r"line 1: field 'completion' is int 123, not a string\. Fix: "),
         # Text in one line and a number in the next: read back as written, then refused.
         ([GOOD.strip(), '{"prompt": "Hi", "completion": 1.5}'], r"line 2: field 'completion' is float 1\.5, not a"),
-        # The same after a blank line, which the Arrow reader refuses: the file scan finds it.
-        (
-            [GOOD.strip(), "", '{"prompt": "Hi", "completion": 1.5}'],
-            r"line 3: field 'completion' is float 1\.5, but line 1 has a str there\. Fix: give the field one type",
-        ),
+        # The same after a blank line: the line in the file, not the row.
+        ([GOOD.strip(), "", '{"prompt": "Hi", "completion": 1.5}'], r"line 3: field 'completion' is float 1\.5, not a"),
     ],
 )
 def test_json_numbers_are_refused_not_turned_into_text(
@@ -219,3 +225,104 @@ def test_missing_chat_template_falls_back_to_plain_and_says_so(
         )
     ]
     assert data.dataset("train")[0]["labels"][-1] == data.tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "field"),
+    [
+        ({"prompt": "Hi", "completion": "Hello"}, {"prompt": "Hi", "completion": " \n\t"}, "field 'completion'"),
+        ({"instruction": "Hi", "output": "Hello"}, {"instruction": "Hi", "output": "  "}, "field 'output'"),
+        (
+            {"messages": [HI, {"role": "assistant", "content": "Hello"}]},
+            {"messages": [HI, {"role": "assistant", "content": "\n"}]},
+            r"messages\[1\]\.content",
+        ),
+    ],
+)
+def test_a_whitespace_only_response_names_file_line_and_field(
+    tmp_path: Path, chat_path: str, good: dict, bad: dict, field: str
+) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text(f"{json.dumps(good)}\n\n{json.dumps(bad)}\n", encoding="utf-8")
+    with pytest.raises(
+        ConfigError,
+        match=(
+            rf"^data\.train_file '.*train\.jsonl', line 3: {field} is an empty response, which would train the "
+            r"model to stop at once\. Fix: write the response, or drop the example\.$"
+        ),
+    ):
+        SFTDataModule(str(path), tokenizer_name_or_path=chat_path).setup("fit")
+
+
+@pytest.mark.parametrize(("weight", "shown"), [(math.nan, "nan"), (math.inf, "inf"), ("heavy", "'heavy'")])
+def test_a_mix_weight_that_is_no_finite_number_names_the_set(tmp_path: Path, weight: object, shown: str) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "Hi", "completion": "Hello"}])
+    with pytest.raises(
+        ConfigError,
+        match=(
+            rf"^data\.mix\[1\]\.weight: {shown} is not a finite number > 0\. Fix: give each set a positive weight, "
+            r"such as 1\.0 \(weights are relative shares\)\.$"
+        ),
+    ):
+        SFTDataModule(mix=[DataSource(path), DataSource(path, weight=weight)])
+
+
+@pytest.mark.parametrize(
+    ("labels", "shown"),
+    [
+        (["yes", "no", ""], "''"),
+        (["yes", "no", "  "], "'  '"),
+        (["yes", "no", None], "null"),
+        # In a column of numbers: NaN is only kept apart from null where no text shares the column.
+        ([0, 1, math.nan], "NaN"),
+    ],
+)
+def test_a_classification_label_that_names_no_class_names_file_line_and_field(
+    tmp_path: Path, chat_path: str, labels: list, shown: str
+) -> None:
+    rows = [{"text": text, "label": label} for text, label in zip(["Hi", "Bye", "Fine"], labels, strict=True)]
+    data = ClassificationDataModule(write_jsonl(tmp_path / "rows.jsonl", rows), tokenizer_name_or_path=chat_path)
+    with pytest.raises(
+        ConfigError,
+        match=(
+            rf"^data\.train_file '.*rows\.jsonl', line 3: 'label' is {shown}, which names no class\. "
+            r"Fix: write the row's label, or drop the row"
+        ),
+    ):
+        data.setup("fit")
+
+
+def held_out_row(rows: int, fraction: float) -> int:
+    """The last row ``val_fraction`` holds out (seed 42), checked to sit elsewhere in the file than in its split."""
+    _, held_out = holdout_split(rows, fraction, seed=42)
+    assert held_out[-1] != len(held_out) - 1
+    return int(held_out[-1])
+
+
+def test_a_held_out_classification_row_names_its_line_in_the_file(tmp_path: Path, chat_path: str) -> None:
+    bad = held_out_row(10, 0.2)
+    rows = [{"text": "Hi", "label": "no" if index == bad else "yes"} for index in range(10)]
+    data = ClassificationDataModule(
+        write_jsonl(tmp_path / "rows.jsonl", rows),
+        val_fraction=0.2,
+        labels=["yes", "maybe"],
+        tokenizer_name_or_path=chat_path,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"^data\.train_file '.*rows\.jsonl', line {bad + 1}: label 'no' is not one of \['yes', 'maybe'\]",
+    ):
+        data.setup("fit")
+
+
+def test_a_held_out_sft_row_names_its_line_in_the_file(tmp_path: Path, chat_path: str) -> None:
+    bad = held_out_row(10, 0.2)
+    rows = [{"prompt": "Hi", "completion": "" if index == bad else "Hello"} for index in range(10)]
+    data = SFTDataModule(
+        write_jsonl(tmp_path / "train.jsonl", rows), val_fraction=0.2, tokenizer_name_or_path=chat_path
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"^data\.train_file '.*train\.jsonl', line {bad + 1}: field 'completion' is an empty response",
+    ):
+        data.setup("fit")

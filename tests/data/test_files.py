@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lit_lora.data.files import check_data_path, is_local, load_split
@@ -66,3 +68,23 @@ def test_unknown_extension_is_rejected(tmp_path: Path) -> None:
 
 def test_hub_ids_are_not_checked_at_construction() -> None:
     check_data_path("org/name:train", "data.train_file")
+
+
+def test_a_csv_field_over_the_csv_module_limit_is_read_whole(tmp_path: Path) -> None:
+    # 300 KiB, over the 128 KiB the csv module (which checks the rows) allows by default.
+    long = 'word, "quoted"\nnext line ' * 12_288
+    rows = [{"prompt": "Hi", "completion": long}, {"prompt": long, "completion": "ok"}]
+    assert len(long) == 300 * 1024
+    assert load_split(write_csv(tmp_path / "long.csv", rows), "data.train_file", "train").to_list() == rows
+
+
+def test_parquet_string_columns_stay_strings(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "When?", "completion": "1999-12-31", "time": "10:00:00", "id": "00123"},
+        {"prompt": "And?", "completion": "2024-02-29T10:00:00", "time": "23:59", "id": "1e5"},
+    ]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    read = load_split(str(path), "data.train_file", "train")
+    assert {name: feature.dtype for name, feature in read.features.items()} == dict.fromkeys(rows[0], "string")
+    assert read.to_list() == rows

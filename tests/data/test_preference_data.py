@@ -79,3 +79,27 @@ def test_bad_rejected_field_names_the_row(tmp_path: Path, chat_path: str) -> Non
     data = PreferenceDataModule(write_jsonl(tmp_path / "pairs.jsonl", rows), tokenizer_name_or_path=chat_path)
     with pytest.raises(ConfigError, match=r"pairs.jsonl.*line 2.*rejected"):
         data.setup("fit")
+
+
+def test_pairs_whose_sides_encode_the_same_are_counted_and_warned_about_not_refused(
+    tmp_path: Path, chat_path: str
+) -> None:
+    rows = [
+        PAIRS[0],
+        {"prompt": "Say yes", "chosen": "yes", "rejected": "yes"},
+        # A response as text and as an assistant turn renders the same.
+        {"prompt": "Say yes", "chosen": [{"role": "assistant", "content": "ok"}], "rejected": "ok"},
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    data = PreferenceDataModule(path, tokenizer_name_or_path=chat_path)
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"^data\.train_file '.*pairs\.jsonl': 2 of 3 pairs have a 'chosen' that encodes the same as their "
+            r"'rejected' \(the same response, or the same up to data\.max_length\), first at line 2; DPO learns "
+            r"nothing from them\. Fix: drop those rows, or give them a different rejected response\.$"
+        ),
+    ):
+        data.setup("fit")
+    assert data.identical == {f"data.train_file '{path}'": 2}
+    assert len(data.dataset("train")) == 3
