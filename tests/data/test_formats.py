@@ -109,3 +109,17 @@ def test_wrong_columns_fail_before_tokenizing(tmp_path: Path, chat_path: str) ->
         match=r"data\.train_file '.*qa\.jsonl': no format matches its columns; columns found: \['question', 'answer'\]",
     ):
         data.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("control", "problem"),
+    [
+        ({"weight": 0.5}, r"messages\[1\]\.weight is 0\.5; a turn is trained \(1\) or context only \(0\)"),
+        ({"train": "no"}, r"messages\[1\]\.train is 'no', not true or false"),
+        ({"train": False}, "messages: every assistant turn has train: false"),
+    ],
+)
+def test_bad_turn_controls_name_the_turn(control: dict, problem: str) -> None:
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", **control}]
+    with pytest.raises(ConfigError, match=problem):
+        to_conversation({"messages": messages}, "messages")
