@@ -74,7 +74,14 @@ class ConversationDataModule(TaskDataModule):
         system_prompt: str | None,
         allow_special_tokens_in_text: bool,
     ) -> None:
-        """Check and keep the rendering settings, documented by :class:`~lit_lora.data.SFTDataModule`.
+        """Check and keep the rendering settings.
+
+        Args:
+            format: A format name of ``format_columns``, or ``auto``.
+            template: ``auto``, ``chat`` or ``plain``.
+            train_on_prompt: Also train on prompt tokens.
+            system_prompt: A system turn put first where a conversation has none, or ``None``.
+            allow_special_tokens_in_text: Let data text that spells a special token become it.
 
         Raises:
             ConfigError: The format or template is unknown.

@@ -10,6 +10,8 @@ Formats and the columns they read:
 * ``prompt_completion``: ``prompt``, ``completion``. Each is a string (one user turn,
   one assistant turn) or, as TRL writes conversational prompt-completion data, a list
   of turns: the prompt's system and user turns, the completion's assistant turn(s).
+  An assistant turn inside the prompt is trained too, as in ``messages`` (TRL trains
+  the completion only); mark it ``"train": false`` to keep it context.
 * ``alpaca``: ``instruction``, ``output`` and optionally ``input`` (missing, null or
   empty means no input).
 * ``messages``: ``messages``, a list of turns ending with an assistant turn, and
@@ -283,7 +285,6 @@ def check_turns(messages: Any, field: str) -> Conversation:
 
 
 def _turn(message: Any, name: str) -> dict[str, Any]:
-    # Arrow fills a key that other rows' turns have with null, so null means absent.
     if (
         not isinstance(message, Mapping)
         or "role" not in message
@@ -298,6 +299,7 @@ def _turn(message: Any, name: str) -> dict[str, Any]:
         raise ConfigError(
             f"{name}.role is {role!r}; known roles are {', '.join(ROLES)}. Fix: rename the role, or drop the turn."
         )
+    # Arrow fills a key that other rows' turns have with null, so null means absent.
     if role == "assistant" and message.get("tool_calls") is not None:
         content = message.get("content")
         turn = {
