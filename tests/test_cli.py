@@ -252,7 +252,7 @@ def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):
     ("option", "value", "message"),
     [
         ("--data.train_file", "absent.jsonl", "data.train_file: 'absent.jsonl' does not exist"),
-        ("--data.format", "sharegpt", "sharegpt"),
+        ("--data.format", "vicuna", "vicuna"),
         ("--model.model_name_or_path", "./no_model", "model.model_name_or_path: './no_model' is not a folder"),
     ],
 )

@@ -8,6 +8,8 @@ its file reading, splits and batching, so that a data module of another layout
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 from lit_lora.data.base import TaskDataModule
@@ -18,27 +20,32 @@ from lit_lora.data.formats import (
     FORMAT_COLUMNS,
     Conversation,
     alpaca_input,
+    check_format_name,
     response_field,
     text_field,
     to_conversation,
 )
+from lit_lora.data.literal_text import render_literal, special_token_texts
 from lit_lora.data.render import (
     Segment,
+    check_template_name,
     render_chat,
     render_plain_alpaca,
     render_plain_messages,
     render_plain_prompt_completion,
+    render_text,
     resolve_template,
 )
+from lit_lora.data.tools import row_tools
 from lit_lora.errors import ConfigError
 
 
 class ConversationDataModule(TaskDataModule):
     """Renders rows as conversations and tokenizes them, the prompt masked.
 
-    Subclasses set ``format``, ``template``, ``max_length`` and ``train_on_prompt``
-    in their constructor (the settings :class:`~lit_lora.data.SFTDataModule`
-    documents); the hooks below are what a new format or layout overrides.
+    Subclasses call :meth:`set_rendering` in their constructor and set ``max_length``
+    (the settings :class:`~lit_lora.data.SFTDataModule` documents); the hooks below
+    are what a new format or layout overrides.
     """
 
     format_columns: ClassVar[Mapping[str, Sequence[str]]] = FORMAT_COLUMNS
@@ -49,11 +56,43 @@ class ConversationDataModule(TaskDataModule):
         "format",
         "template",
         "train_on_prompt",
+        "system_prompt",
+        "allow_special_tokens_in_text",
     )
-    # Decided with the tokenizer: chat or plain rendering, and the plain mode's BOS prefix.
-    encoding_state: ClassVar[tuple[str, ...]] = ("_mode", "_prefix")
+    # Decided with the tokenizer: chat or plain rendering, the BOS it puts first (which
+    # plain mode and text documents use), and the texts of its special tokens.
+    encoding_state: ClassVar[tuple[str, ...]] = ("_mode", "_prefix", "_special_texts")
     _mode: Literal["chat", "plain"] | None = None
     _prefix: tuple[int, ...] = ()
+    _special_texts: tuple[str, ...] = ()
+
+    def set_rendering(
+        self,
+        format: str,
+        template: str,
+        train_on_prompt: bool,
+        system_prompt: str | None,
+        allow_special_tokens_in_text: bool,
+    ) -> None:
+        """Check and keep the rendering settings.
+
+        Args:
+            format: A format name of ``format_columns``, or ``auto``.
+            template: ``auto``, ``chat`` or ``plain``.
+            train_on_prompt: Also train on prompt tokens.
+            system_prompt: A system turn put first where a conversation has none, or ``None``.
+            allow_special_tokens_in_text: Let data text that spells a special token become it.
+
+        Raises:
+            ConfigError: The format or template is unknown.
+        """
+        check_format_name(format, self.format_columns)
+        check_template_name(template)
+        self.format = format
+        self.template = template
+        self.train_on_prompt = train_on_prompt
+        self.system_prompt = system_prompt
+        self.allow_special_tokens_in_text = allow_special_tokens_in_text
 
     def to_conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
         """Turn one row of the data into role/content turns.
@@ -67,12 +106,26 @@ class ConversationDataModule(TaskDataModule):
         """
         return to_conversation(row, format)
 
+    def conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
+        """:meth:`to_conversation`, with ``system_prompt`` put first when the conversation has no system turn.
+
+        Args:
+            row: One example as read from the file.
+            format: The format of the file the row comes from.
+        """
+        conversation = self.to_conversation(row, format)
+        if self.system_prompt is None or conversation[0]["role"] == "system":
+            return conversation
+        return [{"role": "system", "content": self.system_prompt}, *conversation]
+
     def render(self, row: Mapping[str, Any], format: str) -> list[Segment]:
         """Render one row as text segments, trained where the model should produce them.
 
-        Chat mode renders ``to_conversation(row)`` with the chat template; plain mode
-        uses the plain template of the row's format, or the plain ``messages`` layout
-        for any other format.
+        Chat mode renders :meth:`conversation` with the chat template and the row's
+        ``tools``; plain mode uses the plain template of the row's format (after
+        ``system_prompt`` and a blank line), or the plain ``messages`` layout for
+        conversations and any other format. A ``text`` document is rendered alone, in
+        either mode.
 
         Args:
             row: One example as read from the file.
@@ -81,26 +134,50 @@ class ConversationDataModule(TaskDataModule):
         Raises:
             ConfigError: The row does not fit the format, or the template cannot render it.
         """
-        if self._mode == "chat":
-            return render_chat(self.to_conversation(row, format), self.tokenizer)
         eos = self.tokenizer.eos_token
-        if format == "prompt_completion":
-            return render_plain_prompt_completion(text_field(row, "prompt"), response_field(row, "completion"), eos)
+        if format == "text":
+            return render_text(text_field(row, "text"), eos)
+        if self._mode == "chat":
+            return render_chat(self.conversation(row, format), self.tokenizer, row_tools(row))
+        system = [Segment(f"{self.system_prompt}\n\n", False)] if self.system_prompt is not None else []
+        if format == "prompt_completion" and isinstance(row["prompt"], str) and isinstance(row["completion"], str):
+            return system + render_plain_prompt_completion(row["prompt"], response_field(row, "completion"), eos)
         if format == "alpaca":
-            return render_plain_alpaca(
+            return system + render_plain_alpaca(
                 text_field(row, "instruction"), alpaca_input(row), response_field(row, "output"), eos
             )
-        return render_plain_messages(self.to_conversation(row, format), eos)
+        return render_plain_messages(self.conversation(row, format), eos, row_tools(row))
 
-    def encode(self, segments: list[Segment], max_length: int | None = None) -> Example:
+    def render_as_written(self, row: Mapping[str, Any], format: str) -> list[Segment]:
+        """:meth:`render`, with text in the row that spells a special token marked to stay plain text.
+
+        Unless ``allow_special_tokens_in_text``; see ``lit_lora.data.literal_text``.
+
+        Args:
+            row: One example as read from the file.
+            format: The format of the file the row comes from.
+
+        Raises:
+            ConfigError: As :meth:`render`, or the template changes such text.
+        """
+        if self.allow_special_tokens_in_text:
+            return self.render(row, format)
+        return render_literal(partial(self.render, format=format), row, self._special_texts)
+
+    def encode(self, segments: list[Segment], format: str, max_length: int | None = None) -> Example:
         """Tokenize segments into ``input_ids``, ``labels`` and ``num_supervised``.
 
         Args:
             segments: Rendered text pieces, in order.
+            format: The format they were rendered from: a ``text`` document starts with
+                the tokenizer's own BOS even in chat mode, where no template writes one.
             max_length: Keep only the first ``max_length`` tokens; ``None`` keeps all
                 (prompts for generation are never cut).
         """
-        return encode_segments(self.tokenizer, segments, self._prefix, max_length)
+        # A chat template writes BOS itself when the model wants one; the tokenizer's
+        # own on top would double it.
+        prefix = self._prefix if self._mode == "plain" or format == "text" else []
+        return encode_segments(self.tokenizer, segments, list(prefix), max_length)
 
     def encode_prompt(self, row: Mapping[str, Any], format: str) -> list[int]:
         """The prompt token ids of one row that has no final response, as generation feeds them to the model.
@@ -132,19 +209,19 @@ class ConversationDataModule(TaskDataModule):
             raise ConfigError(
                 f"format '{format}': prompts are read as prompt_completion, alpaca or messages. Fix: use one of those."
             )
-        return self.prompt_ids(self.render(row, format))
+        return self.prompt_ids(self.render_as_written(row, format), format)
 
-    def prompt_ids(self, segments: list[Segment]) -> list[int]:
+    def prompt_ids(self, segments: list[Segment], format: str) -> list[int]:
         """The ids of the segments before the last trained one: the prompt of its last response."""
         last = max(index for index, segment in enumerate(segments) if segment.trained)
-        return self.encode(segments[:last])["input_ids"]
+        return self.encode(segments[:last], format)["input_ids"]
 
     def prompt_example(self, row: Mapping[str, Any], format: str) -> PromptExample:
         """The prompt ids of a row and the text of its last assistant turn, the reference of generation."""
         reference = next(
             turn["content"] for turn in reversed(self.to_conversation(row, format)) if turn["role"] == "assistant"
         )
-        return PromptExample(self.prompt_ids(self.render(row, format)), reference)
+        return PromptExample(self.prompt_ids(self.render_as_written(row, format), format), reference)
 
     def load_tokenizer(self) -> None:
         """Load the tokenizer (once) and decide between chat and plain rendering.
@@ -161,9 +238,8 @@ class ConversationDataModule(TaskDataModule):
                 f"tokenizer '{self.tokenizer_name_or_path}' has no EOS token, which ends every response and pads "
                 "batches. Fix: use a tokenizer that defines eos_token."
             )
-        # A chat template writes BOS itself when the model wants one; adding the
-        # tokenizer's own prefix on top would double it.
-        self._prefix = sequence_prefix(self.tokenizer) if self._mode == "plain" else []
+        self._prefix = tuple(sequence_prefix(self.tokenizer))
+        self._special_texts = special_token_texts(self.tokenizer)
 
     def encode_row(self, row: dict[str, Any], index: int, format: str, source: str, path: str) -> Example:
         """Render and tokenize one row of a data file, as ``Dataset.map`` calls it.
@@ -183,10 +259,10 @@ class ConversationDataModule(TaskDataModule):
             ConfigError: The row does not fit the format, naming its file and line.
         """
         try:
-            segments = self.render(row, format)
+            segments = self.render_as_written(row, format)
         except ConfigError as error:
             # Only a failing row pays for finding its line in the file.
             raise ConfigError(f"{source}, {row_location(path, index)}: {error}") from error
         if self.train_on_prompt:
-            segments = [Segment(segment.text, True) for segment in segments]
-        return self.encode(segments, self.max_length)
+            segments = [replace(segment, trained=True) for segment in segments]
+        return self.encode(segments, format, self.max_length)

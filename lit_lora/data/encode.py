@@ -5,6 +5,9 @@ prompt is tokenized on its own and the model continues from exactly those tokens
 tokenizing the joined text instead can merge a token across the prompt/response
 boundary, training the model on a split it never sees when generating.
 
+A segment with literal spans (data that spells a special token, see
+``lit_lora.data.literal_text``) is tokenized so that those spans stay plain text.
+
 Labels are aligned with ``input_ids`` (not shifted; the model shifts them): the token
 id where the segment is trained, -100 elsewhere.
 """
@@ -15,6 +18,7 @@ from typing import TypedDict
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_lora.data.literal_text import encode_literal
 from lit_lora.data.render import Segment
 
 IGNORE_INDEX = -100  # the label cross-entropy skips
@@ -65,7 +69,8 @@ def encode_segments(
         tokenizer: The tokenizer; called with ``add_special_tokens=False``.
         segments: Rendered text pieces, in order.
         prefix: Untrained ids to put first, exactly once: the tokenizer's BOS in plain
-            mode, nothing in chat mode (the template writes BOS itself).
+            mode and for ``text`` documents, nothing in chat mode (the template writes
+            BOS itself).
         max_length: Keep only the first ``max_length`` tokens; ``None`` keeps all.
     """
     # One batched call for all segments; transformers 5 raises on an empty batch.
@@ -73,6 +78,7 @@ def encode_segments(
     pieces = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
     for segment, piece in zip(segments, pieces, strict=True):
+        piece = encode_literal(tokenizer, segment) if segment.literal else piece
         input_ids += piece
         labels += piece if segment.trained else [IGNORE_INDEX] * len(piece)
     truncated = max_length is not None and len(input_ids) > max_length

@@ -3,9 +3,11 @@
 Chat mode (the tokenizer has a chat template) renders the conversation with the
 template. For each assistant turn ``i``, ``messages[:i]`` rendered with the
 generation prompt is the untrained prefix, and ``messages[:i + 1]`` rendered ends the
-trained span: the assistant's content plus whatever end-of-turn text the template
-writes after it (``<|im_end|>`` and a newline for ChatML), so the model learns to
-stop. Every assistant turn is trained, nothing else.
+trained span: the assistant's content (and tool calls) plus whatever end-of-turn text
+the template writes after it (``<|im_end|>`` and a newline for ChatML), so the model
+learns to stop. Every assistant turn is trained (but one marked ``train: false``),
+nothing else: tool results are context. A row's ``tools`` are handed to the template
+(``apply_chat_template(..., tools=...)``).
 
 Plain mode (no chat template, or ``data.template: plain``; with ``auto`` a tokenizer
 without a chat template falls back to it and the log says so) renders as below, where
@@ -41,15 +43,26 @@ the spacing::
     ### Response:
     ||{output}EOS
 
-``messages``, turn by turn: a system turn is ``{content}`` and a blank line; a user
-turn and the header of the reply are untrained, the reply and its EOS trained, and
-the blank line after it (``\\n\\n``) untrained again::
+``messages`` (and ``sharegpt``, and ``prompt_completion`` holding turns), turn by
+turn: a system turn is ``{content}`` and a blank line; a user turn and the header of
+the reply are untrained, the reply and its EOS trained (untrained for a turn marked
+``train: false``), and the blank line after it (``\\n\\n``) untrained again::
 
     ### User:
     {content}
 
     ### Assistant:
     ||{content}EOS||
+
+A tool result is untrained like a user turn, under ``### Tool:``. An assistant turn's
+tool calls follow its content, each as the JSON of its ``{"name": ..., "arguments":
+...}`` on a line of its own. A row's ``tools`` come first, untrained: ``### Tools:``
+and each definition's JSON on a line of its own, then a blank line.
+
+``text``, in either mode, a document trained whole, after the BOS the tokenizer adds
+(if any, once; no chat template is applied)::
+
+    ||{text}EOS
 
 
 Field text is never stripped or altered. A conversation must end with an assistant
@@ -60,12 +73,14 @@ never be trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from jinja2 import TemplateError
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.data.formats import Conversation
+from lit_lora.data.tools import plain_json, plain_reply
 from lit_lora.errors import ConfigError
 
 TEMPLATES = ("auto", "chat", "plain")
@@ -88,10 +103,13 @@ class Segment:
     Args:
         text: The text, tokenized on its own.
         trained: Whether its tokens get labels (``True``) or -100 (``False``).
+        literal: Character spans of ``text`` that are data spelling a special token,
+            tokenized as plain text (see ``lit_lora.data.literal_text``).
     """
 
     text: str
     trained: bool
+    literal: tuple[tuple[int, int], ...] = ()
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -145,18 +163,24 @@ def resolve_template(template: str, tokenizer: PreTrainedTokenizerBase) -> Liter
     return "plain"
 
 
-def render_chat(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) -> list[Segment]:
+def render_chat(
+    conversation: Conversation, tokenizer: PreTrainedTokenizerBase, tools: list[dict[str, Any]] | None = None
+) -> list[Segment]:
     """Render a conversation with the tokenizer's chat template, training every assistant turn.
 
     Args:
-        conversation: Role/content turns with at least one assistant turn.
+        conversation: Role/content turns with at least one assistant turn; an assistant
+            turn with ``"train": False`` is rendered untrained.
         tokenizer: A tokenizer with a chat template.
+        tools: Tool definitions handed to the template, or ``None``.
 
     Raises:
         ConfigError: An assistant turn comes first (a template cannot render a prompt of
-            nothing), or the template rewrites earlier turns once later ones follow, so
-            renders are not prefixes of each other.
+            nothing), the template raises, or it rewrites earlier turns once later ones
+            follow, so renders are not prefixes of each other.
     """
+    # The train flag is lit_lora's, not a key the template should see.
+    messages = [{key: value for key, value in message.items() if key != "train"} for message in conversation]
     segments = []
     covered = ""  # the text the segments so far spell out
     for turn, message in enumerate(conversation):
@@ -167,8 +191,8 @@ def render_chat(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) 
                 "messages starts with an assistant turn, which a chat template gives no prompt to. "
                 "Fix: add a user (or system) turn before it, or set data.template: plain."
             )
-        prompt = _apply(tokenizer, conversation[:turn], add_generation_prompt=True)
-        full = _apply(tokenizer, conversation[: turn + 1], add_generation_prompt=False)
+        prompt = _apply(tokenizer, messages[:turn], tools, add_generation_prompt=True)
+        full = _apply(tokenizer, messages[: turn + 1], tools, add_generation_prompt=False)
         for shorter, longer in ((covered, prompt), (prompt, full)):
             if not longer.startswith(shorter):
                 raise ConfigError(
@@ -176,14 +200,41 @@ def render_chat(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) 
                     f"the text before it changes ({shorter!r} is not a prefix of {longer!r}), so the "
                     "response tokens cannot be told apart. Fix: set data.template: plain."
                 )
-        segments += [Segment(prompt[len(covered) :], False), Segment(full[len(prompt) :], True)]
+        trained = message.get("train", True)
+        segments += [Segment(prompt[len(covered) :], False), Segment(full[len(prompt) :], trained)]
         covered = full
     return segments
 
 
-def _apply(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, add_generation_prompt: bool) -> str:
-    # tokenize=False makes transformers return the rendered string, never a BatchEncoding.
-    return tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt, tokenize=False)
+def _apply(
+    tokenizer: PreTrainedTokenizerBase,
+    conversation: Conversation,
+    tools: list[dict[str, Any]] | None,
+    add_generation_prompt: bool,
+) -> str:
+    try:
+        # tokenize=False makes transformers return the rendered string, never a BatchEncoding.
+        return tokenizer.apply_chat_template(
+            conversation, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+    except (TemplateError, TypeError, ValueError, KeyError) as error:
+        # Templates refuse what they cannot render with raise_exception (a TemplateError),
+        # or fail on a value they do not expect; the row is the user's to fix.
+        raise ConfigError(
+            f"the chat template of tokenizer '{tokenizer.name_or_path}' refused this example: "
+            f"{type(error).__name__}: {error}. Fix: change the example to what the template accepts "
+            "(its roles, turn order, fields), or set data.template: plain."
+        ) from None
+
+
+def render_text(text: str, eos_token: str) -> list[Segment]:
+    """Render a ``text`` document: all of it and EOS trained, no template.
+
+    Args:
+        text: The document, as written.
+        eos_token: The tokenizer's end-of-sequence token, ending the document.
+    """
+    return [Segment(text + eos_token, True)]
 
 
 def render_plain_prompt_completion(prompt: str, completion: str, eos_token: str) -> list[Segment]:
@@ -213,21 +264,29 @@ def render_plain_alpaca(instruction: str, input: str, output: str, eos_token: st
     return [Segment(prompt, False), Segment(output + eos_token, True)]
 
 
-def render_plain_messages(conversation: Conversation, eos_token: str) -> list[Segment]:
+def render_plain_messages(
+    conversation: Conversation, eos_token: str, tools: list[dict[str, Any]] | None = None
+) -> list[Segment]:
     """Render a conversation with ``###`` headers, training every assistant turn and its EOS.
 
     Args:
-        conversation: Role/content turns.
+        conversation: Role/content turns; an assistant turn with ``"train": False`` is
+            rendered untrained.
         eos_token: The tokenizer's end-of-sequence token, closing each assistant turn.
+        tools: Tool definitions, written first, or ``None``.
     """
     last = max(turn for turn, message in enumerate(conversation) if message["role"] == "assistant")
-    segments = []
+    definitions = "".join(f"{plain_json(tool)}\n" for tool in tools or [])
+    segments = [Segment(f"### Tools:\n{definitions}\n", False)] if tools else []
     for message in conversation[: last + 1]:
         content = message["content"]
         if message["role"] == "system":
             segments.append(Segment(f"{content}\n\n", False))
         elif message["role"] == "user":
             segments.append(Segment(f"### User:\n{content}\n\n### Assistant:\n", False))
+        elif message["role"] == "tool":
+            segments.append(Segment(f"### Tool:\n{content}\n\n### Assistant:\n", False))
         else:
-            segments += [Segment(content + eos_token, True), Segment("\n\n", False)]
+            reply = plain_reply(content, message.get("tool_calls", []))
+            segments += [Segment(reply + eos_token, message.get("train", True)), Segment("\n\n", False)]
     return segments

@@ -16,10 +16,7 @@ from lit_lora.data.base import STAGE_SPLITS, Split, check_at_least
 from lit_lora.data.collate import PromptCollator, PromptExample, SFTCollator
 from lit_lora.data.conversation import ConversationDataModule
 from lit_lora.data.files import load_split
-from lit_lora.data.formats import (
-    check_format_name,
-    resolve_format,
-)
+from lit_lora.data.formats import resolve_format
 from lit_lora.data.mixing import (
     DataSource,
     MixSampler,
@@ -29,9 +26,6 @@ from lit_lora.data.mixing import (
     rename_fields,
 )
 from lit_lora.data.packing import PackedCollator, PackedDataset, PackingSampler, check_packing_settings
-from lit_lora.data.render import (
-    check_template_name,
-)
 from lit_lora.data.sampler import LengthGroupedSampler
 from lit_lora.data.stats import SplitStats, format_stats, split_stats, token_lengths
 from lit_lora.errors import ConfigError
@@ -51,7 +45,7 @@ class _Part:
 class SFTDataModule(ConversationDataModule):
     """Supervised fine-tuning data: prompt/response examples, tokenized with masked prompts.
 
-    Reads ``prompt_completion``, ``alpaca`` or ``messages`` data from local
+    Reads ``prompt_completion``, ``alpaca``, ``messages``, ``sharegpt`` or ``text`` data from local
     ``.jsonl``/``.json``/``.csv``/``.parquet`` files or hub datasets, renders each
     example with the tokenizer's chat template (or a plain template), and labels only
     the responses. See ``lit_lora.data.render`` for exactly what is rendered.
@@ -73,15 +67,22 @@ class SFTDataModule(ConversationDataModule):
             file, or a hub dataset id ``name`` or ``name:split`` (default split
             ``train``). Set this or ``mix``.
         format: How the data is laid out: ``prompt_completion`` (columns prompt,
-            completion), ``alpaca`` (instruction, optional input, output), ``messages``
-            (a list of role/content turns), a format a subclass adds to
-            ``format_columns``, or ``auto`` to tell from the columns.
+            completion: strings, or lists of turns), ``alpaca`` (instruction, optional
+            input, output), ``messages`` (a list of role/content turns, optional tools),
+            ``sharegpt`` (conversations of from/value turns), ``text`` (raw documents,
+            every token trained), a format a subclass adds to ``format_columns``, or
+            ``auto`` to tell from the columns. See ``lit_lora.data.formats``.
         template: ``chat`` renders with the tokenizer's chat template, ``plain`` with
             the fixed plain templates, ``auto`` uses chat when the tokenizer has one.
         max_length: Longest example in tokens; longer ones are cut at the end, and an
             example left with no response token is dropped with a warning.
         train_on_prompt: Also train on prompt tokens (system and user turns, template
             text), not just on the responses.
+        system_prompt: A system turn put first in every conversation that has none
+            (plain mode: the text and a blank line); ``text`` documents are left as written.
+        allow_special_tokens_in_text: Let text in the data that spells a special token
+            (``<|im_end|>``) become that token. Off: it stays plain text, so no row can end
+            a turn or open one; only the template's markup makes special tokens.
         batch_size: Training examples per batch; with ``packing``, packed sequences per batch.
             ``auto`` picks the largest power of two up to ``effective_batch_size`` whose
             estimated memory at ``max_length`` fits the device once the model is loaded,
@@ -139,6 +140,8 @@ class SFTDataModule(ConversationDataModule):
         template: Literal["auto", "chat", "plain"] = "auto",
         max_length: int = 2048,
         train_on_prompt: bool = False,
+        system_prompt: str | None = None,
+        allow_special_tokens_in_text: bool = False,
         batch_size: int | Literal["auto"] = 4,
         num_proc: int | None = None,
         pad_to_multiple_of: int | None = None,
@@ -159,12 +162,8 @@ class SFTDataModule(ConversationDataModule):
         if train_file is not None or not prompts_only:
             check_training_sets(train_file, mix, self.val_fraction, packing, group_by_length, self.format_columns)
         check_packing_settings(packing, packing_split, group_by_length)
-        check_format_name(format, self.format_columns)
-        check_template_name(template)
+        self.set_rendering(format, template, train_on_prompt, system_prompt, allow_special_tokens_in_text)
         check_at_least(num_proc=(num_proc, 1), pad_to_multiple_of=(pad_to_multiple_of, 1))
-        self.format = format
-        self.template = template
-        self.train_on_prompt = train_on_prompt
         self.num_proc = num_proc
         self.pad_to_multiple_of = pad_to_multiple_of
         self.packing = packing

@@ -48,6 +48,44 @@ FORMATS = {
             "[[Hello<|im_end|>\n]]<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n[[Bye now<|im_end|>\n]]"
         ),
     ),
+    # Documents: BOS from the tokenizer, no template, everything and EOS trained.
+    "text": ([{"text": "Hello there"}], [], "<s>[[Hello there<|im_end|>]]"),
+    "sharegpt": (
+        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}],
+        [],
+        "<s><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n[[Hello<|im_end|>\n]]",
+    ),
+    "conversational_prompt_completion": (
+        [
+            {
+                "prompt": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}],
+                "completion": [{"role": "assistant", "content": "Hello"}],
+            }
+        ],
+        [],
+        (
+            "<s><|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+            "[[Hello<|im_end|>\n]]"
+        ),
+    ),
+    # A reply marked train: false is context; the system prompt goes first.
+    "messages_context_and_system_prompt": (
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello", "train": False},
+                    {"role": "user", "content": "Bye"},
+                    {"role": "assistant", "content": "Bye now"},
+                ]
+            }
+        ],
+        ["--data.init_args.system_prompt", "Be brief"],
+        (
+            "<s><|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+            "Hello<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n[[Bye now<|im_end|>\n]]"
+        ),
+    ),
     # The plain template: BOS from the tokenizer, EOS closing the response.
     "alpaca_plain": (
         [{"instruction": "Say hi", "input": "", "output": "Hi"}],

@@ -7,12 +7,14 @@ pipeline adds both.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import pytest
 from transformers import PreTrainedTokenizerBase
 
 from lit_lora.artifacts.tokenizer import load_tokenizer
-from tests.helpers.sft import CHATML, REVERSED, save_tokenizer
+from tests.helpers.sft import CHATML, ESCAPING, NO_SYSTEM, REVERSED, TOOL_CHATML, save_tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,6 +41,38 @@ def plain_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 def reversed_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A chat template that rewrites history, so prefix diffing must refuse it."""
     return save_tokenizer(tmp_path_factory.mktemp("reversed"), "<|im_end|>", REVERSED)
+
+
+@pytest.fixture(scope="session")
+def tools_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The chat tokenizer with a template that renders tools and tool calls (``TOOL_CHATML``)."""
+    return save_tokenizer(tmp_path_factory.mktemp("tools"), "<|im_end|>", TOOL_CHATML)
+
+
+@pytest.fixture(scope="session")
+def no_system_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The chat tokenizer with a template that raises on a system turn."""
+    return save_tokenizer(tmp_path_factory.mktemp("no_system"), "<|im_end|>", NO_SYSTEM)
+
+
+@pytest.fixture(scope="session")
+def escaping_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The chat tokenizer with a template that HTML-escapes contents."""
+    return save_tokenizer(tmp_path_factory.mktemp("escaping"), "<|im_end|>", ESCAPING)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(gguf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SmolLM2-135M-Instruct's tokenizer (ChatML, no BOS) read from its GGUF file and saved alone.
+
+    Read with transformers' GGUF tokenizer loader, without converting the weights.
+    """
+    from transformers import AutoTokenizer
+
+    gguf = next(gguf_dir.glob("*.gguf"))
+    folder = tmp_path_factory.mktemp("smollm2_tokenizer")
+    AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf.name).save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

@@ -160,8 +160,8 @@ def test_bad_row_names_file_line_found_value_and_fix(
             ),
         ),
         (
-            [{"role": "tool", "content": "Hi"}, {"role": "assistant", "content": "ok"}],
-            r"messages\[0\]\.role is 'tool'; known roles are system, user, assistant\. Fix: rename the role",
+            [{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "ok"}],
+            r"messages\[0\]\.role is 'bot'; known roles are system, user, assistant, tool\. Fix: rename the role",
         ),
     ],
 )

@@ -54,3 +54,5 @@ def test_an_encoding_setting_changes_the_cache_key_and_a_loader_setting_does_not
     assert fingerprint(path, chat_path, batch_size=2, num_workers=1, seed=1) == key
     assert fingerprint(path, chat_path, max_length=64) != key
     assert fingerprint(path, chat_path, train_on_prompt=True) != key
+    assert fingerprint(path, chat_path, system_prompt="Be brief") != key
+    assert fingerprint(path, chat_path, allow_special_tokens_in_text=True) != key

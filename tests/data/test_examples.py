@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from lit_lora.data import SFTDataModule
 from lit_lora.errors import ConfigError
-from tests.helpers.sft import VOCAB, ids, masked, write_jsonl
+from tests.helpers.sft import VOCAB, ids, masked, tokenized, write_jsonl
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief"},
@@ -25,15 +26,6 @@ ALPACA = [
 ALPACA_HEAD = "Below is an instruction that describes a task"
 ALPACA_TAIL = "Write a response that appropriately completes the request . \n \n ### Instruction : \n"
 WITH_INPUT = ", paired with an input that provides further context ."
-
-
-def tokenized(
-    tmp_path: Path, tokenizer: str, rows: list[dict[str, Any]], **settings: Any
-) -> list[dict[str, list[int]]]:
-    """The training examples a data module makes of ``rows``, in file order."""
-    data = SFTDataModule(write_jsonl(tmp_path / "train.jsonl", rows), tokenizer_name_or_path=tokenizer, **settings)
-    data.setup("fit")
-    return data.dataset("train").to_list()
 
 
 def test_prompt_completion_chat(tmp_path: Path, chat_path: str) -> None:
@@ -167,3 +159,122 @@ def test_subclass_adds_a_format(tmp_path: Path, chat_path: str, plain_path: str)
     assert plain.dataset("train")["input_ids"][:] == [
         ids("<s> ### User : \n Hi \n \n ### Assistant : \n Hello </s> \n \n")
     ]
+
+
+DOCUMENTS = [{"text": "Hello there"}, {"text": "Fine thanks"}]
+
+
+@pytest.mark.parametrize(("tokenizer", "eos"), [("chat_path", "<|im_end|>"), ("plain_path", "</s>")])
+def test_text_trains_every_token_after_one_bos_and_no_template(
+    tmp_path: Path, tokenizer: str, eos: str, request: pytest.FixtureRequest
+) -> None:
+    # The chat tokenizer's template is not applied; its BOS comes from the tokenizer, once.
+    first, second = tokenized(tmp_path, request.getfixturevalue(tokenizer), DOCUMENTS)
+    assert first == {"input_ids": ids(f"<s> Hello there {eos}"), "labels": masked("<s>") + ids(f"Hello there {eos}")}
+    assert second == {"input_ids": ids(f"<s> Fine thanks {eos}"), "labels": masked("<s>") + ids(f"Fine thanks {eos}")}
+
+
+def test_text_documents_pack_into_one_sequence(tmp_path: Path, chat_path: str) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", DOCUMENTS)
+    data = SFTDataModule(path, tokenizer_name_or_path=chat_path, packing=True, max_length=8)
+    data.setup("fit")
+    [batch] = list(data.train_dataloader())
+    documents = [ids("<s> Hello there <|im_end|>"), ids("<s> Fine thanks <|im_end|>")]
+    assert batch["input_ids"].tolist() in ([documents[0] + documents[1]], [documents[1] + documents[0]])
+    packed = batch["input_ids"][0].tolist()
+    assert batch["labels"][0].tolist() == [-100, *packed[1:4], -100, *packed[5:8]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
+
+
+CONVERSATIONAL = {
+    "prompt": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}],
+    "completion": [{"role": "assistant", "content": "Hello"}],
+}
+
+
+def test_conversational_prompt_completion_chat(tmp_path: Path, chat_path: str) -> None:
+    [example] = tokenized(tmp_path, chat_path, [CONVERSATIONAL])
+    prompt = (
+        "<s> <|im_start|> system \n Be brief <|im_end|> \n"
+        " <|im_start|> user \n Hi <|im_end|> \n <|im_start|> assistant \n"
+    )
+    assert example == {
+        "input_ids": ids(f"{prompt} Hello <|im_end|> \n"),
+        "labels": masked(prompt) + ids("Hello <|im_end|> \n"),
+    }
+
+
+def test_conversational_prompt_completion_plain(tmp_path: Path, plain_path: str) -> None:
+    # Turns take the plain messages layout, not the raw concatenation of strings.
+    [example] = tokenized(tmp_path, plain_path, [CONVERSATIONAL])
+    prompt = "<s> Be brief \n \n ### User : \n Hi \n \n ### Assistant : \n"
+    assert example == {
+        "input_ids": ids(f"{prompt} Hello </s> \n \n"),
+        "labels": masked(prompt) + ids("Hello </s>") + masked("\n \n"),
+    }
+
+
+@pytest.mark.parametrize("control", [{"train": False}, {"weight": 0}])
+def test_an_untrained_assistant_turn_is_context_chat(tmp_path: Path, chat_path: str, control: dict) -> None:
+    messages = [{**turn, **control} if turn["content"] == "Hello" else turn for turn in CONVERSATION]
+    [example] = tokenized(tmp_path, chat_path, [{"messages": messages}])
+    context = (
+        "<s> <|im_start|> system \n Be brief <|im_end|> \n"
+        " <|im_start|> user \n Hi <|im_end|> \n <|im_start|> assistant \n"
+        " Hello <|im_end|> \n <|im_start|> user \n How are you <|im_end|> \n <|im_start|> assistant \n"
+    )
+    assert example == {
+        "input_ids": ids(f"{context} Fine thanks <|im_end|> \n"),
+        "labels": masked(context) + ids("Fine thanks <|im_end|> \n"),
+    }
+
+
+def test_an_untrained_assistant_turn_is_context_plain(tmp_path: Path, plain_path: str) -> None:
+    messages = [{**turn, "train": turn["content"] != "Hello"} for turn in CONVERSATION]
+    [example] = tokenized(tmp_path, plain_path, [{"messages": messages}])
+    context = (
+        "<s> Be brief \n \n ### User : \n Hi \n \n ### Assistant : \n Hello </s>"
+        " \n \n ### User : \n How are you \n \n ### Assistant : \n"
+    )
+    assert example == {
+        "input_ids": ids(f"{context} Fine thanks </s> \n \n"),
+        "labels": masked(context) + ids("Fine thanks </s>") + masked("\n \n"),
+    }
+
+
+def test_system_prompt_goes_first_where_a_row_has_none(tmp_path: Path, chat_path: str) -> None:
+    rows = [{"prompt": "Hi", "completion": "Hello"}, {"prompt": CONVERSATION[:2], "completion": CONVERSATION[2:3]}]
+    added, kept = tokenized(tmp_path, chat_path, rows, system_prompt="Say yes")
+    user = "<|im_start|> user \n Hi <|im_end|> \n <|im_start|> assistant \n"
+    prompt = f"<s> <|im_start|> system \n Say yes <|im_end|> \n {user}"
+    assert added == {
+        "input_ids": ids(f"{prompt} Hello <|im_end|> \n"),
+        "labels": masked(prompt) + ids("Hello <|im_end|> \n"),
+    }
+    prompt = f"<s> <|im_start|> system \n Be brief <|im_end|> \n {user}"
+    assert kept == {
+        "input_ids": ids(f"{prompt} Hello <|im_end|> \n"),
+        "labels": masked(prompt) + ids("Hello <|im_end|> \n"),
+    }
+
+
+def test_system_prompt_in_plain_mode_is_the_text_and_a_blank_line(tmp_path: Path, plain_path: str) -> None:
+    [example] = tokenized(tmp_path, plain_path, [{"prompt": "Hi", "completion": " Hello"}], system_prompt="Say yes")
+    assert example == {
+        "input_ids": ids("<s> Say yes \n \n Hi Hello </s>"),
+        "labels": masked("<s> Say yes \n \n Hi") + ids("Hello </s>"),
+    }
+
+
+def test_a_template_that_raises_names_the_row_and_its_message(tmp_path: Path, no_system_path: str) -> None:
+    rows = [{"messages": CONVERSATION[1:]}, {"messages": CONVERSATION}]
+    with pytest.raises(ConfigError) as error:
+        tokenized(tmp_path, no_system_path, rows)
+    assert re.fullmatch(
+        r"data\.train_file '.*train\.jsonl', line 2: the chat template of tokenizer '.*' refused this example: "
+        r"TemplateError: System role not supported\. Fix: change the example to what the template accepts "
+        r"\(its roles, turn order, fields\), or set data\.template: plain\.",
+        str(error.value),
+    )
+    # Only lit_lora's own errors are chained: no Jinja traceback follows the message.
+    assert error.value.__cause__.__cause__ is None and error.value.__cause__.__suppress_context__

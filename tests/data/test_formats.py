@@ -30,7 +30,8 @@ def test_unknown_columns_list_what_each_format_needs() -> None:
         detect_format(["question", "answer"], "data.train_file 'qa.jsonl'")
     assert str(error.value) == (
         "data.train_file 'qa.jsonl': no format matches its columns; columns found: ['question', 'answer']. "
-        "'prompt_completion' needs prompt, completion; 'alpaca' needs instruction, output; 'messages' needs messages. "
+        "'prompt_completion' needs prompt, completion; 'alpaca' needs instruction, output; 'messages' needs messages; "
+        "'sharegpt' needs conversations; 'text' needs text. "
         "Fix: rename the columns, or set data.format to the format the data is in."
     )
 
@@ -50,8 +51,8 @@ def test_explicit_format_with_missing_columns() -> None:
 
 
 def test_unknown_format_name_is_rejected_in_code() -> None:
-    with pytest.raises(ConfigError, match=r"data\.format: unknown format 'sharegpt'"):
-        resolve_format("sharegpt", ["conversations"], "data.train_file 'x.jsonl'")
+    with pytest.raises(ConfigError, match=r"data\.format: unknown format 'vicuna'"):
+        resolve_format("vicuna", ["conversations"], "data.train_file 'x.jsonl'")
 
 
 def test_alpaca_input_may_be_missing_or_null() -> None:
@@ -77,7 +78,7 @@ def test_messages_keep_only_role_and_content() -> None:
     ("messages", "problem"),
     [
         ([{"role": "user", "content": "Hi"}], "messages has no assistant turn"),
-        ([{"role": "tool", "content": "Hi"}, {"role": "assistant", "content": "ok"}], r"messages\[0\]\.role is 'tool'"),
+        ([{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "ok"}], r"messages\[0\]\.role is 'bot'"),
         ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 4}], r"messages\[1\]\.content is int 4"),
         ("Hi", "field 'messages' is str, not a list"),
     ],
@@ -108,3 +109,17 @@ def test_wrong_columns_fail_before_tokenizing(tmp_path: Path, chat_path: str) ->
         match=r"data\.train_file '.*qa\.jsonl': no format matches its columns; columns found: \['question', 'answer'\]",
     ):
         data.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("control", "problem"),
+    [
+        ({"weight": 0.5}, r"messages\[1\]\.weight is 0\.5; a turn is trained \(1\) or context only \(0\)"),
+        ({"train": "no"}, r"messages\[1\]\.train is 'no', not true or false"),
+        ({"train": False}, "messages: every assistant turn has train: false"),
+    ],
+)
+def test_bad_turn_controls_name_the_turn(control: dict, problem: str) -> None:
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", **control}]
+    with pytest.raises(ConfigError, match=problem):
+        to_conversation({"messages": messages}, "messages")

@@ -127,7 +127,7 @@ def test_a_mix_holds_each_set_tokenized_as_alone_and_draws_by_weight(qa_file, ch
         ({"mix": "ONE", "val_fraction": 0.1}, r"data\.val_fraction does not apply to data\.mix yet"),
         ({"mix": "ONE", "packing": True}, r"data\.packing does not apply to data\.mix yet"),
         ({"mix": [DataSource("QA", weight=0.0)]}, r"data\.mix\[0\]\.weight: 0\.0 is not a finite number > 0\. Fix: "),
-        ({"mix": [DataSource("QA", format="sharegpt")]}, r"data\.mix\[0\]\.format: unknown format 'sharegpt'"),
+        ({"mix": [DataSource("QA", format="vicuna")]}, r"data\.mix\[0\]\.format: unknown format 'vicuna'"),
         ({"mix": [DataSource("absent.jsonl")]}, r"data\.mix\[0\]\.path: 'absent\.jsonl' does not exist"),
     ],
 )

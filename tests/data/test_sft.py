@@ -36,7 +36,7 @@ def rows_file(tmp_path: Path) -> str:
         ({"val_fraction": 1.0}, r"data\.val_fraction: 1\.0 is outside \[0, 1\)"),
         ({"val_fraction": 0.1, "val_file": "ROWS"}, r"data\.val_fraction: 0\.1 is set together with data\.val_file"),
         ({"max_length": 0}, r"data\.max_length: 0 is below 1"),
-        ({"format": "sharegpt"}, r"data\.format: unknown format 'sharegpt'"),
+        ({"format": "vicuna"}, r"data\.format: unknown format 'vicuna'"),
         ({"template": "chatml"}, r"data\.template: unknown value 'chatml'"),
     ],
 )

@@ -10,15 +10,20 @@ import csv
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from lit_lora.data import SFTDataModule
 from lit_lora.data.render import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 WORDS = (
-    "user assistant system Hi Hello there How are you Fine thanks Be brief Bye Sum 1 2 3 4 Say yes no ok User Assistant"
+    "user assistant system Hi Hello there How are you Fine thanks Be brief Bye Sum 1 2 3 4 Say yes no ok User "
+    "Assistant tool Tool Tools call weather city Paris sunny ( ) = Weather in "
+    # The punctuation and keys of the tool calls and definitions the plain layout writes as JSON.
+    '{" ": " ", "}} {}}} name arguments type function parameters'
 )
 PIECE = r"\w+|[^\w\s]+|\n"
 VOCAB = {
@@ -33,6 +38,21 @@ CHATML = (
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# ChatML that lists the tools' names in a system turn of its own and writes each tool
+# call as ``call name ( key = value )``.
+TOOL_CHATML = (
+    "{{ bos_token }}{% if tools %}<|im_start|>system\nTools :{% for tool in tools %} {{ tool['function']['name'] }}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}{% for call in message['tool_calls'] or [] %}call {{ call['function']['name'] }} ("
+    "{% for key, value in call['function']['arguments'].items() %} {{ key }} = {{ value }}{% endfor %} )"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# ChatML that refuses system turns, as some models' templates do.
+NO_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + CHATML
+)
+# ChatML that HTML-escapes contents, so text spelling a special token is changed.
+ESCAPING = CHATML.replace("{{ message['content'] }}", "{{ message['content'] | e }}")
 # Renders the newest turn first, so an earlier render is never a prefix of a later one.
 REVERSED = "{% for message in messages | reverse %}{{ message['content'] }}\n{% endfor %}"
 
@@ -90,3 +110,12 @@ def write_csv(path: Path, rows: list[dict]) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return str(path)
+
+
+def tokenized(
+    tmp_path: Path, tokenizer: str, rows: list[dict[str, Any]], **settings: Any
+) -> list[dict[str, list[int]]]:
+    """The training examples an ``SFTDataModule`` makes of ``rows``, in file order."""
+    data = SFTDataModule(write_jsonl(tmp_path / "train.jsonl", rows), tokenizer_name_or_path=tokenizer, **settings)
+    data.setup("fit")
+    return data.dataset("train").to_list()
