@@ -25,6 +25,7 @@ from lit_lora.artifacts.tokenizer import tokenizer_source
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.predictions import PredictionWriter
+from lit_lora.callbacks.preemption import Preemption
 from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
@@ -76,6 +77,9 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(TrainingDiagnostics, "diagnostics")
         parser.add_lightning_class_args(AdapterExport, "export")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        # Last of the callbacks but the checkpoints (which Lightning runs after all others):
+        # a preempted run's last.ckpt holds what a step checkpoint at that step would.
+        parser.add_lightning_class_args(Preemption, "preemption")
         # The data module tokenizes with the model's tokenizer: the same files, by link.
         sources = (
             "model.init_args.model_name_or_path",
