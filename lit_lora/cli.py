@@ -118,6 +118,22 @@ class LitLoraCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(folder)
         self._replace_default_progress_bar()
+        self._write_base_to_cache()
+
+    def _write_base_to_cache(self) -> None:
+        """Build a base that exists only as a recipe (``random_init``, a GGUF file) in the cache now.
+
+        Once Lightning has started a process group, transformers writes a model's files
+        only on global rank 0, and the process that fills a machine's cache is rank 0
+        only on the first machine (and only when it comes first): elsewhere the cached
+        folder would stay empty. No process group exists yet at this point.
+        """
+        from lit_lora.model import LoRAModule
+        from lit_lora.model.loading import base_model_folder
+
+        module = self.model
+        if isinstance(module, LoRAModule):
+            base_model_folder(module.model_name_or_path, module.gguf_file, module.random_init, module.seed)
 
     def _replace_default_progress_bar(self) -> None:
         """Put :class:`RunProgressBar` in place of the bar Lightning adds when none is configured.
