@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from tests.helpers.tiny import assert_same_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,17 +48,6 @@ def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
-
-
-def adapter_weights(root: Path) -> dict[str, torch.Tensor]:
-    return load_file(root / "adapter" / "adapter_model.safetensors")
-
-
-def assert_same_adapter(root: Path, reference: Path) -> None:
-    actual, expected = adapter_weights(root), adapter_weights(reference)
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert torch.equal(actual[name], expected[name]), name
 
 
 @pytest.fixture(scope="module")
