@@ -25,6 +25,7 @@ from lit_lora.artifacts.tokenizer import tokenizer_source
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.predictions import PredictionWriter
+from lit_lora.callbacks.preemption import Preemption
 from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
@@ -76,6 +77,9 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(TrainingDiagnostics, "diagnostics")
         parser.add_lightning_class_args(AdapterExport, "export")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        # Last of the callbacks but the checkpoints (which Lightning runs after all others):
+        # a preempted run's last.ckpt holds what a step checkpoint at that step would.
+        parser.add_lightning_class_args(Preemption, "preemption")
         # The data module tokenizes with the model's tokenizer: the same files, by link.
         sources = (
             "model.init_args.model_name_or_path",
@@ -114,6 +118,22 @@ class LitLoraCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(folder)
         self._replace_default_progress_bar()
+        self._write_base_to_cache()
+
+    def _write_base_to_cache(self) -> None:
+        """Build a base that exists only as a recipe (``random_init``, a GGUF file) in the cache now.
+
+        Once Lightning has started a process group, transformers writes a model's files
+        only on global rank 0, and the process that fills a machine's cache is rank 0
+        only on the first machine (and only when it comes first): elsewhere the cached
+        folder would stay empty. No process group exists yet at this point.
+        """
+        from lit_lora.model import LoRAModule
+        from lit_lora.model.loading import base_model_folder
+
+        module = self.model
+        if isinstance(module, LoRAModule):
+            base_model_folder(module.model_name_or_path, module.gguf_file, module.random_init, module.seed)
 
     def _replace_default_progress_bar(self) -> None:
         """Put :class:`RunProgressBar` in place of the bar Lightning adds when none is configured.

@@ -23,7 +23,11 @@ from tests.helpers.parsing import parse
 from tests.helpers.tiny import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+# A run's own configs; configs/strategies/ holds pieces added to one (tested below).
+STRATEGIES = REPO / "configs" / "strategies"
+CONFIGS = sorted(path for path in (REPO / "configs").rglob("*.yaml") if STRATEGIES not in path.parents)
+# Each strategy config: the trainer settings it sets, all it changes in the run it is added to.
+STRATEGY_SETTINGS = {"ddp.yaml": {"strategy": "ddp", "devices": 2}}
 
 
 @pytest.fixture
@@ -37,6 +41,19 @@ def test_every_shipped_config_parses(config, in_repo):
     cfg = parse(["fit", "--config", str(config)]).fit
     assert cfg.model.class_path.startswith("lit_lora.")
     assert cfg.data.init_args.train_file or cfg.data.init_args.get("mix")
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_SETTINGS))
+def test_a_strategy_config_composes_with_a_run_config(name, in_repo):
+    assert sorted(path.name for path in STRATEGIES.glob("*.yaml")) == sorted(STRATEGY_SETTINGS)
+    composed = parse(["fit", "--config", "configs/tiny.yaml", "--config", str(STRATEGIES / name)]).fit.as_dict()
+    alone = parse(["fit", "--config", "configs/tiny.yaml"]).fit.as_dict()
+    for config in (composed, alone):
+        config.pop("config")
+    for key, value in STRATEGY_SETTINGS[name].items():
+        assert composed["trainer"].pop(key) == value
+        alone["trainer"].pop(key)
+    assert composed == alone
 
 
 def test_print_config_runs_again_unchanged(in_repo, tmp_path, capsys):

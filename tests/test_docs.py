@@ -13,6 +13,7 @@ from lit_lora.callbacks import (
     AdapterExport,
     GenerationPreview,
     PredictionWriter,
+    Preemption,
     TrainingDiagnostics,
 )
 from lit_lora.data import ClassificationDataModule, SFTDataModule
@@ -31,6 +32,7 @@ CONFIGURABLE = [
     AdapterExport,
     GenerationPreview,
     PredictionWriter,
+    Preemption,
     TrainingDiagnostics,
 ]
 

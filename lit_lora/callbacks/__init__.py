@@ -1,8 +1,9 @@
-"""Callbacks: training diagnostics, PEFT adapter export, the before/after generation preview, the prediction file."""
+"""Callbacks: diagnostics, adapter export, the generation preview, the prediction file, stopping on preemption."""
 
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
 from lit_lora.callbacks.generation import GenerationPreview
 from lit_lora.callbacks.predictions import PredictionWriter
+from lit_lora.callbacks.preemption import Preemption
 
-__all__ = ["AdapterExport", "GenerationPreview", "PredictionWriter", "TrainingDiagnostics"]
+__all__ = ["AdapterExport", "GenerationPreview", "PredictionWriter", "Preemption", "TrainingDiagnostics"]

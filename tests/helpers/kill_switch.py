@@ -1,8 +1,9 @@
-"""Callbacks that SIGKILL the training process at a chosen moment (for resume tests).
+"""Callbacks that SIGKILL the training process, or send it a stop signal, at a chosen moment (for resume tests).
 
 A kill, unlike an exception, runs no cleanup: no ``finally``, no Lightning teardown,
-no flush. The tests add these through ``--trainer.callbacks+=tests.helpers.kill_switch.…``
-to a ``python -m lit_lora fit`` subprocess whose ``PYTHONPATH`` is the repository root.
+no flush. A stop signal (SIGTERM, SIGUSR1) is what a scheduler sends before it kills.
+The tests add these through ``--trainer.callbacks+=tests.helpers.kill_switch.…`` to a
+``python -m lit_lora fit`` subprocess whose ``PYTHONPATH`` is the repository root.
 """
 
 from __future__ import annotations
@@ -70,3 +71,22 @@ class KillDuringSave(Callback):
             original(obj, file, *args, **kwargs)
 
         torch.save = save
+
+
+class SignalAtBatch(Callback):
+    """Send this process the signal ``name`` when batch ``batch`` of epoch ``epoch`` is about to be trained.
+
+    Args:
+        epoch: Epoch index (0-based).
+        batch: Batch index within that epoch (0-based).
+        name: The signal's name, e.g. ``SIGTERM``.
+    """
+
+    def __init__(self, epoch: int, batch: int, name: str = "SIGTERM") -> None:
+        self.epoch = epoch
+        self.batch = batch
+        self.name = name
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.Signals[self.name])

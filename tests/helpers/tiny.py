@@ -27,6 +27,16 @@ def tiny_args(subcommand: str, root: Path, *extra: str) -> list[str]:
     ]
 
 
+def assert_same_adapter(root: Path, reference: Path) -> None:
+    """The adapters exported under the run folders ``root`` and ``reference`` hold bit-identical weights."""
+    from safetensors.torch import load_file
+
+    actual, expected = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (root, reference))
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert actual[name].equal(expected[name]), name
+
+
 def write_tiny_adapter(directory: Path, seed: int, quantization: str = "nf4") -> Path:
     """Write an exported-adapter folder on the tiny random base, with non-zero LoRA weights.
 

@@ -1,4 +1,5 @@
-"""Killed runs resume exactly: SIGKILL mid-epoch, and SIGKILL in the middle of a checkpoint write.
+"""Stopped runs resume exactly: SIGKILL mid-epoch, SIGKILL in the middle of a checkpoint write, and
+SIGTERM (preemption) in the middle of a gradient-accumulation step.
 
 Each run is a real ``python -m lit_lora fit`` process on configs/tiny.yaml, shortened
 to 2 epochs of 12 batches (6 optimizer steps each, accumulation 2) with a step
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from tests.helpers.tiny import assert_same_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,17 +48,6 @@ def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
-
-
-def adapter_weights(root: Path) -> dict[str, torch.Tensor]:
-    return load_file(root / "adapter" / "adapter_model.safetensors")
-
-
-def assert_same_adapter(root: Path, reference: Path) -> None:
-    actual, expected = adapter_weights(root), adapter_weights(reference)
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert torch.equal(actual[name], expected[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -120,4 +111,29 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_last(uninterrupted: P
     resumed = fit(tmp_path, "--ckpt_path", str(folder / "step6.ckpt"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (folder / "last.ckpt.partial").exists()  # overwritten by a later save
+    assert_same_adapter(tmp_path, uninterrupted)
+
+
+def test_sigterm_mid_step_stops_after_the_step_then_resume_from_last_equals_uninterrupted(
+    uninterrupted: Path, tmp_path: Path
+):
+    # Signalled before batch 4, the first micro-batch of optimizer step 3: the run
+    # finishes step 3 (batches 4 and 5), writes last.ckpt there, which no step
+    # checkpoint (every 2 steps) would, exports nothing and exits 128 + SIGTERM.
+    stopped = fit(
+        tmp_path,
+        "--trainer.callbacks+=tests.helpers.kill_switch.SignalAtBatch",
+        "--trainer.callbacks.epoch=0",
+        "--trainer.callbacks.batch=4",
+    )
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert "SIGTERM received: stopped after optimizer step 3" in stopped.stderr + stopped.stdout
+    assert not (tmp_path / "adapter").exists()
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step2.ckpt"]
+    last = torch.load(folder / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (0, 3)
+
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_adapter(tmp_path, uninterrupted)
