@@ -217,20 +217,21 @@ def to_conversation(row: Mapping[str, Any], format: str) -> Conversation:
     )
 
 
-def prompt_completion_conversation(row: Mapping[str, Any]) -> Conversation:
-    """The conversation of a ``prompt_completion`` row.
+def prompt_completion_conversation(row: Mapping[str, Any], response: str = "completion") -> Conversation:
+    """The conversation of a ``prompt_completion`` row, or of a preference row's prompt and one response.
 
-    A string prompt is one user turn and a string completion one assistant turn; a
-    list is taken as turns (TRL's conversational prompt-completion).
+    A string prompt is one user turn and a string response one assistant turn; a
+    list is taken as turns (TRL's conversational prompt-completion and preference data).
 
     Args:
         row: One example as read from the file.
+        response: The column of the response: ``completion``, or ``chosen``/``rejected``.
 
     Raises:
         ConfigError: A field is neither text nor turns, or the turns are malformed.
     """
     return check_conversation(
-        _side(row, "prompt", "user", text_field), _side(row, "completion", "assistant", response_field)
+        _side(row, "prompt", "user", text_field), _side(row, response, "assistant", response_field), response
     )
 
 

@@ -11,13 +11,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lit_lora.data.collate import SFTCollator
 from lit_lora.data.diagnose import row_location
 from lit_lora.data.encode import Example
-from lit_lora.data.formats import (
-    Conversation,
-    check_messages,
-    response_field,
-    text_field,
-)
-from lit_lora.data.sft import SFTDataModule, _Part
+from lit_lora.data.formats import Conversation, prompt_completion_conversation
+from lit_lora.data.sft import SFTDataModule
 from lit_lora.data.stats import token_lengths
 from lit_lora.errors import ConfigError
 
@@ -25,29 +20,6 @@ from lit_lora.errors import ConfigError
 PREFERENCE = "preference"
 _REJECTED = "preference (rejected response)"
 _BATCH = 1024  # pairs compared at a time
-
-
-def preference_conversation(row: Mapping[str, Any], response: str) -> Conversation:
-    """The conversation of a prompt and one of its responses (``chosen`` or ``rejected``).
-
-    The prompt is a string (one user turn) or a list of turns; the response a string
-    (one assistant turn) or a list of turns ending with the assistant's, as in TRL's
-    conversational preference data.
-
-    Raises:
-        ConfigError: A field is not text or turns, or the turns are malformed.
-    """
-    prompt = row["prompt"]
-    turns = [{"role": "user", "content": text_field(row, "prompt")}] if isinstance(prompt, str) else prompt
-    reply = row[response]
-    if isinstance(reply, str):
-        reply = [{"role": "assistant", "content": response_field(row, response)}]
-    if not isinstance(turns, list) or not isinstance(reply, list):
-        raise ConfigError(
-            f"fields 'prompt' and '{response}' must be text or lists of turns, not "
-            f"{type(row['prompt']).__name__} and {type(row[response]).__name__}."
-        )
-    return check_messages([*turns, *reply])
 
 
 def identical_pairs(examples: Dataset) -> list[int]:
@@ -127,8 +99,8 @@ class PreferenceDataModule(SFTDataModule):
     def to_conversation(self, row: Mapping[str, Any], format: str) -> Conversation:
         """The prompt with the chosen response, or the rejected one for its internal format."""
         if format == _REJECTED:
-            return preference_conversation(row, "rejected")
-        return preference_conversation(row, "chosen")
+            return prompt_completion_conversation(row, "rejected")
+        return prompt_completion_conversation(row, "chosen")
 
     def longest_examples(self) -> list[int]:
         """The longest kept example of each prepared split, of either side.
@@ -142,26 +114,17 @@ class PreferenceDataModule(SFTDataModule):
         ]
         return super().longest_examples() + rejected
 
-    def _read(
-        self,
-        field: str,
-        value: str,
-        default_split: str,
-        format: str | None = None,
-        fields: dict[str, str] | None = None,
-    ) -> _Part:
-        """Read and encode a file of pairs (see SFTDataModule), counting and warning about pairs with equal sides."""
-        part = super()._read(field, value, default_split, format, fields)
-        same = identical_pairs(part.examples)
-        self.identical[part.source] = len(same)
+    def check_examples(self, examples: Dataset, source: str, path: str) -> None:
+        """Count the pairs whose sides encode the same, per file, and warn about them."""
+        same = identical_pairs(examples)
+        self.identical[source] = len(same)
         if same:
             rank_zero_warn(
-                f"{part.source}: {len(same)} of {len(part.examples)} pairs have a 'chosen' that encodes the same as "
+                f"{source}: {len(same)} of {len(examples)} pairs have a 'chosen' that encodes the same as "
                 f"their 'rejected' (the same response, or the same up to data.max_length), first at "
-                f"{row_location(value, same[0])}; DPO learns nothing from them. Fix: drop those rows, or give "
+                f"{row_location(path, same[0])}; DPO learns nothing from them. Fix: drop those rows, or give "
                 "them a different rejected response."
             )
-        return part
 
     def collator(self) -> PairCollator:
         """Batches pairs: the chosen sequences, then the rejected (see :class:`PairCollator`)."""

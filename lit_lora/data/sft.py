@@ -350,7 +350,20 @@ class SFTDataModule(ConversationDataModule):
                 num_proc=self.num_proc,
                 desc=f"Tokenizing {source}",
             )
+        self.check_examples(examples, source, value)
         return _Part(rows, examples, format, source)
+
+    def check_examples(self, examples: Dataset, source: str, path: str) -> None:
+        """Inspect a file's encoded examples, all of its rows in file order, once they are tokenized.
+
+        Here nothing; a subclass counts or warns about rows (``PreferenceDataModule``:
+        pairs whose sides encode the same).
+
+        Args:
+            examples: What :meth:`encode_row` made of each row.
+            source: The setting and file, as errors name them (``data.train_file 'x.jsonl'``).
+            path: The file (or hub id), for :func:`~lit_lora.data.diagnose.row_location`.
+        """
 
     def _keep_supervised(self, split: Split, part: _Part, rows: Sequence[int] | np.ndarray | None = None) -> _Part:
         """Select rows of a file, dropping (and counting, and warning about) those with nothing to train."""

@@ -100,8 +100,9 @@ def test_a_field_of_two_types_is_read_as_written_and_refused_where_text_is_neede
     with pytest.raises(
         ConfigError,
         match=(
-            r"^data\.train_file '.*train\.jsonl', line 2: field 'completion' is list \['Hello', 'there'\], "
-            r"not a string\. Fix: write it as a string in the file \(in quotes, in JSON\)\.$"
+            # A list completion is read as turns (conversational prompt/completion): these are not turns.
+            r"^data\.train_file '.*train\.jsonl', line 2: completion\[0\] is 'Hello'; each turn needs 'role' "
+            r"and 'content'\."
         ),
     ):
         SFTDataModule(path, tokenizer_name_or_path=plain_path).setup("fit")
