@@ -100,6 +100,7 @@ class ClassificationDataModule(TaskDataModule):
     def __init__(
         self,
         train_file: str | None = None,
+        *,
         predict_file: str | None = None,
         text_field: str = "text",
         label_field: str = "label",

@@ -136,6 +136,7 @@ class SFTDataModule(ConversationDataModule):
     def __init__(
         self,
         train_file: str | None = None,
+        *,
         format: str = "auto",
         template: Literal["auto", "chat", "plain"] = "auto",
         max_length: int = 2048,

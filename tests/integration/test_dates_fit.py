@@ -60,7 +60,7 @@ def test_date_completions_train_and_decode_byte_identical(tmp_path: Path, monkey
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
     written = {path.name for path in cache.rglob("*.arrow")}
-    data = SFTDataModule(str(train), str(val), max_length=128, tokenizer_name_or_path="assets/tiny-llama")
+    data = SFTDataModule(str(train), val_file=str(val), max_length=128, tokenizer_name_or_path="assets/tiny-llama")
     data.setup("fit")
     examples = data.dataset("train")
     # The examples read here are the ones the run tokenized and trained on: every file was already in the cache.
