@@ -7,6 +7,9 @@ Helpers are imported as ``tests.helpers.<name>``: the repository root is on pyte
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +28,22 @@ def tiny_args(subcommand: str, root: Path, *extra: str) -> list[str]:
         "false",
         *extra,
     ]
+
+
+def run_tiny(
+    subcommand: str, root: Path, *extra: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m lit_lora`` with :func:`tiny_args` in its own process (a kill must not take pytest with it).
+
+    Args:
+        subcommand: ``fit``, ``validate``...
+        root: The run folder.
+        *extra: More command-line arguments.
+        env: Environment variables on top of this process's (the repository is put on ``PYTHONPATH``).
+    """
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    command = [sys.executable, "-m", "lit_lora", *tiny_args(subcommand, root, *extra)]
+    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=900)
 
 
 def assert_same_adapter(root: Path, reference: Path) -> None:

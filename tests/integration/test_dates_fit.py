@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
 import pytest
 
 from lit_lora.data import SFTDataModule
+from tests.helpers.tiny import run_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,28 +29,13 @@ def test_date_completions_train_and_decode_byte_identical(tmp_path: Path, monkey
     train, val, cache = tmp_path / "train.jsonl", tmp_path / "val.jsonl", tmp_path / "hf_datasets"
     rows = write_rows(train, 0)
     write_rows(val, 100)
-    command = [
-        sys.executable,
-        "-m",
-        "lit_lora",
+    done = run_tiny(
         "fit",
-        "--config",
-        "configs/tiny.yaml",
-        "--data.train_file",
-        str(train),
-        "--data.val_file",
-        str(val),
-        "--data.batch_size",
-        "2",
-        "--trainer.max_steps",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
-    ]
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_CACHE": str(cache)}
-    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+        tmp_path / "run",
+        *("--data.train_file", str(train), "--data.val_file", str(val), "--data.batch_size", "2"),
+        *("--trainer.max_steps", "2"),
+        env={"HF_DATASETS_CACHE": str(cache)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
 

@@ -12,17 +12,15 @@ weight (measured: 0 for plain batches).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers.tiny import assert_same_adapter
+from tests.helpers.tiny import assert_same_adapter, run_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = 41
@@ -43,14 +41,9 @@ MODES = {
 
 def run_fit(root: Path, devices: int, *extra: str) -> subprocess.CompletedProcess:
     """``fit`` on configs/tiny.yaml in its own process(es): one, or ``devices`` under DDP on gloo."""
-    args = [
-        *("-m", "lit_lora", "fit", "--config", "configs/tiny.yaml"),
-        *("--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"),
-    ]
     if devices > 1:
-        args += ["--trainer.devices", str(devices), "--trainer.strategy", "ddp"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *args, *extra], cwd=REPO, env=env, capture_output=True, text=True)
+        extra = ("--trainer.devices", str(devices), "--trainer.strategy", "ddp", *extra)
+    return run_tiny("fit", root, *extra)
 
 
 def fit(root: Path, data: list[str], devices: int) -> Path:

@@ -13,41 +13,21 @@ or optimizer state shows up as a difference.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers.tiny import assert_same_adapter
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.tiny import assert_same_adapter, run_tiny
 
 
 def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Run ``fit`` in its own process (a SIGKILL must not take pytest with it)."""
-    args = [
-        sys.executable,
-        "-m",
-        "lit_lora",
-        "fit",
-        "--config",
-        "configs/tiny.yaml",
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.limit_train_batches",
-        "12",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--step_checkpoint.every_n_train_steps",
-        "2",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    """Run ``fit`` in its own process: 12 batches an epoch, a step checkpoint every 2 steps."""
+    return run_tiny(
+        "fit", root, "--trainer.limit_train_batches", "12", "--step_checkpoint.every_n_train_steps", "2", *extra
+    )
 
 
 @pytest.fixture(scope="module")
