@@ -85,7 +85,9 @@ class ShardedDataset(Dataset):
         return self.dataset[index]
 
     def __getitems__(self, indices: list[Any]) -> list[Any]:
-        rows = [self.dataset[index] for index in indices]
+        # A datasets.Dataset reads a batch of rows in one call; others row by row, as a DataLoader would.
+        read = getattr(self.dataset, "__getitems__", None)
+        rows = read(list(indices)) if read is not None else [self.dataset[index] for index in indices]
         return FillerRows(rows) if isinstance(indices, FillerBatch) else rows
 
     def __len__(self) -> int:
