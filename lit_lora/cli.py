@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.artifacts.adapter_dir import is_adapter_dir
+from lit_lora.artifacts.checkpoint_io import keep_atomic_writer
 from lit_lora.artifacts.tokenizer import tokenizer_source
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
@@ -30,6 +31,7 @@ from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
+from lit_lora.training import run_lock
 
 
 def default_precision() -> str:
@@ -100,6 +102,8 @@ class LitLoraCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         folder = checkpoint_folder(config)
+        # Locked first, so that no other writer can start between the check below and training.
+        run_lock.acquire_all({"trainer.default_root_dir": run_folder(config), "checkpoint.dirpath": folder})
         if self.subcommand == "fit" and config.ckpt_path is None and any(folder.glob("*.ckpt")):
             raise ConfigError(
                 f"checkpoint.dirpath: {folder} already holds checkpoints of an earlier run, which this run "
@@ -118,6 +122,7 @@ class LitLoraCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(folder)
         self._replace_default_progress_bar()
+        keep_atomic_writer(self.trainer.strategy, self.config_init[self.subcommand].trainer.plugins or [])
         self._write_base_to_cache()
 
     def _write_base_to_cache(self) -> None:
@@ -187,11 +192,16 @@ class LitLoraCLI(LightningCLI):
         config.ckpt_path = None
 
 
+def run_folder(config: Namespace) -> Path:
+    """The run's folder: ``trainer.default_root_dir``, else the working directory (as Lightning has it)."""
+    return Path(config.trainer.default_root_dir or os.getcwd())
+
+
 def checkpoint_folder(config: Namespace) -> Path:
     """Where checkpoints go: ``checkpoint.dirpath``, else ``<default_root_dir>/checkpoints``."""
     if config.checkpoint.dirpath is not None:
         return Path(config.checkpoint.dirpath)
-    return Path(config.trainer.default_root_dir or os.getcwd()) / "checkpoints"
+    return run_folder(config) / "checkpoints"
 
 
 def config_error_in(error: BaseException) -> ConfigError | None:
@@ -220,6 +230,8 @@ def main(args: ArgsType = None, run: bool = True) -> Any:
             raise
         print(f"lit_lora: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from cause
+    finally:
+        run_lock.release_all()
 
 
 class ConfigOnlyCLI(LitLoraCLI):
@@ -241,7 +253,11 @@ class ConfigOnlyCLI(LitLoraCLI):
 
 
 def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCLI] = LitLoraCLI) -> LitLoraCLI:
-    """A LitLoraCLI (or ``cli_class``, a subclass) with lit_lora's module, data module and defaults."""
+    """A LitLoraCLI (or ``cli_class``, a subclass) with lit_lora's module, data module and defaults.
+
+    A Lightning command holds its run folder's lock (:mod:`lit_lora.training.run_lock`)
+    from before anything is built; :func:`main` releases it when the command ends.
+    """
     from lightning.pytorch import LightningDataModule
 
     from lit_lora.model import LoRAModule
@@ -265,7 +281,6 @@ def build_cli(args: ArgsType = None, run: bool = True, cli_class: type[LitLoraCL
             "accumulate_grad_batches": 4,
             "max_epochs": 3,
             "log_every_n_steps": 10,
-            "plugins": [{"class_path": "lit_lora.artifacts.checkpoint_io.AtomicCheckpointIO"}],
             # The data modules shard their loaders over devices themselves, keeping the
             # training order; Lightning's DistributedSampler would replace it.
             "use_distributed_sampler": False,

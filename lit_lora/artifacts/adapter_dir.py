@@ -8,6 +8,15 @@
 - ``training_config.yaml``: the whole configuration of the run that trained it;
 - ``README.md``: the model card.
 
+The export is atomic: everything is written into a hidden side folder
+(``.adapter.<pid>.<random>.partial``), synced to disk, and renamed onto its name,
+so a run killed while exporting leaves the side folder and never a half adapter
+under the final name. A folder counts as an adapter (:func:`is_adapter_dir`) only
+when it holds both ``adapter_config.json`` and the adapter's weights, and its name
+is not a side folder's. An adapter already at the name (an earlier run's, or this
+run's before a resume) is never overwritten: it is renamed ``adapter.1`` (the next
+free number), and the log says so.
+
 ``merge``, ``generate``, ``evaluate``, and ``validate``/``test`` with an adapter
 directory, read the base model from ``training_config.yaml`` when it is there (so a
 GGUF or random-weights base is rebuilt exactly), else from PEFT's
@@ -16,7 +25,9 @@ GGUF or random-weights base is rebuilt exactly), else from PEFT's
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,30 +35,69 @@ from typing import Any
 
 import yaml
 
+from lit_lora.artifacts.atomic import PARTIAL_SUFFIX, fsync_folder
 from lit_lora.artifacts.source import check_model_source
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import QuantizationSettings
 
 ADAPTER_CONFIG = "adapter_config.json"
+# PEFT writes one of these: safetensors by default, a pickle with safe_serialization=False.
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 TRAINING_CONFIG = "training_config.yaml"
 MODEL_CARD = "README.md"
 
 
 def is_adapter_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a folder holding a PEFT adapter."""
-    return (Path(path) / ADAPTER_CONFIG).is_file()
+    """Whether ``path`` is a complete PEFT adapter folder: its config and weights, not a side folder."""
+    return _incomplete(Path(path)) is None
+
+
+def _incomplete(path: Path) -> str | None:
+    """What keeps ``path`` from being a complete adapter folder, or None when it is one."""
+    if path.name.endswith(PARTIAL_SUFFIX):
+        return "is an export that did not finish (the run was stopped while writing it)"
+    if not path.exists():
+        return "does not exist"
+    if not (path / ADAPTER_CONFIG).is_file():
+        return f"has no {ADAPTER_CONFIG}"
+    if not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+        return f"has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})"
+    return None
 
 
 def check_adapter_dir(path: str | Path, field: str) -> Path:
-    """Return ``path`` as a Path, or fail naming ``field`` when it holds no PEFT adapter."""
+    """Return ``path`` as a Path, or fail naming ``field`` when it holds no complete PEFT adapter."""
     path = Path(path).expanduser()
-    if not is_adapter_dir(path):
-        what = "does not exist" if not path.exists() else f"has no {ADAPTER_CONFIG}"
+    what = _incomplete(path)
+    if what is not None:
         raise ConfigError(
             f"{field}: '{path}' {what}. Point it at a PEFT adapter folder, such as the "
             "'adapter' folder that fit writes under trainer.default_root_dir."
         )
     return path
+
+
+def publish_adapter_dir(staging: Path, target: Path) -> Path | None:
+    """Rename the complete, synced folder ``staging`` onto ``target``, keeping what was there.
+
+    Args:
+        staging: The side folder the export was written into, next to ``target``.
+        target: The adapter's final path.
+
+    Returns:
+        Where the folder that was at ``target`` now is (``<target>.<n>``), or None.
+    """
+    kept = None
+    if target.exists():
+        kept = next(
+            target.with_name(f"{target.name}.{n}")
+            for n in itertools.count(1)
+            if not target.with_name(f"{target.name}.{n}").exists()
+        )
+        os.rename(target, kept)
+    os.rename(staging, target)
+    fsync_folder(target.parent)
+    return kept
 
 
 def training_config(adapter_dir: str | Path) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
 from lit_lora.artifacts.adapter_dir import TRAINING_CONFIG
+from lit_lora.artifacts.redact import redact
 
 
 def _plain(value: Any) -> Any:
@@ -37,18 +38,30 @@ def training_config_text(trainer: Trainer, module: LightningModule) -> str:
     from the command line, else the module's hyperparameters (Python API runs).
 
     ``ckpt_path`` is cleared: a resumed run is reproduced by a run from scratch.
+    Credentials (a logger's ``api_key``...) are blanked, and a comment at the top names
+    them (:mod:`lit_lora.artifacts.redact`): the folder is made to be published.
     """
     for callback in trainer.callbacks:
         if isinstance(callback, SaveConfigCallback):
             config = callback.config.clone()
             if "ckpt_path" in config:
                 config.ckpt_path = None
-            return callback.parser.dump(config, skip_none=False)
-    model = {
-        "class_path": f"{type(module).__module__}.{type(module).__qualname__}",
-        "init_args": _plain(dict(module.hparams)),
-    }
-    return yaml.safe_dump({"model": model}, sort_keys=False)
+            text = callback.parser.dump(config, skip_none=False)
+            break
+    else:
+        model = {
+            "class_path": f"{type(module).__module__}.{type(module).__qualname__}",
+            "init_args": _plain(dict(module.hparams)),
+        }
+        text = yaml.safe_dump({"model": model}, sort_keys=False)
+    data, removed = redact(yaml.safe_load(text))
+    if not removed:
+        return text
+    note = "".join(
+        f"# {name}: removed (a credential); set it again, or through its environment variable, to rerun.\n"
+        for name in removed
+    )
+    return note + yaml.safe_dump(data, sort_keys=False)
 
 
 def _module_names(targets: str | set[str] | list[str]) -> str:

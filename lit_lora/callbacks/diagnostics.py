@@ -158,11 +158,49 @@ class TrainingDiagnostics(Callback):
         self._verified: dict[str, Any] | None = None
         self._pending: dict[str, Any] | None = None
 
+    # ------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict[str, Any]:
+        """What the checks have seen so far, saved in each checkpoint so that a resumed run carries on.
+
+        The spike windows, the first loss (the divergence bound), the flat-loss steps,
+        the evaluations behind the overfitting and early-stopping checks, the peak
+        learning rate and the warnings given. Not the weights copy of the stale check
+        (the next comparison starts from the resumed weights) nor the in-memory
+        checkpoints (the resumed run's start is its checkpoint file).
+        """
+        return {
+            "losses": list(self._losses),
+            "grad_norms": list(self._grad_norms),
+            "first_losses": list(self._first_losses),
+            "train_since_val": list(self._train_since_val),
+            "val_losses": list(self._val_losses),
+            "train_means": list(self._train_means),
+            "peak_lr": self._peak_lr,
+            "warned": sorted(self._warned),
+            "first_loss": self._first_loss,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Carry on from :meth:`state_dict` of the run being resumed."""
+        # A resumed run may set another window: the newest values fill the new one.
+        self._losses = deque(state_dict["losses"], maxlen=self.window)
+        self._grad_norms = deque(state_dict["grad_norms"], maxlen=self.window)
+        self._first_losses = list(state_dict["first_losses"])
+        self._train_since_val = list(state_dict["train_since_val"])
+        self._val_losses = list(state_dict["val_losses"])
+        self._train_means = list(state_dict["train_means"])
+        self._peak_lr = state_dict["peak_lr"]
+        self._warned = set(state_dict["warned"])
+        self._first_loss = state_dict["first_loss"]
+
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         chance = getattr(pl_module, "chance_loss", None)
         self._chance_loss = chance() if callable(chance) else None
-        self._first_loss = self._verified = self._pending = None
+        # The first loss survives a resume (load_state_dict runs before this hook).
+        if trainer.ckpt_path is None:
+            self._first_loss = None
+        self._verified = self._pending = None
         # A resumed run's starting state is its checkpoint file; a new run's is this.
         if self.keep_last_good and trainer.ckpt_path is None:
             self._pending = self._dump_checkpoint(trainer)
