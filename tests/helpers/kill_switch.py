@@ -1,7 +1,8 @@
-"""Callbacks that SIGKILL the training process, or send it a stop signal, at a chosen moment (for resume tests).
+"""Callbacks that SIGKILL the training process, send it a stop signal, or hold it, at a chosen moment.
 
-A kill, unlike an exception, runs no cleanup: no ``finally``, no Lightning teardown,
-no flush. A stop signal (SIGTERM, SIGUSR1) is what a scheduler sends before it kills.
+For resume, export and two-writer tests. A kill, unlike an exception, runs no
+cleanup: no ``finally``, no Lightning teardown, no flush. A stop signal (SIGTERM,
+SIGUSR1) is what a scheduler sends before it kills.
 The tests add these through ``--trainer.callbacks+=tests.helpers.kill_switch.…`` to a
 ``python -m lit_lora fit`` subprocess whose ``PYTHONPATH`` is the repository root.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,3 +93,37 @@ class SignalAtBatch(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.Signals[self.name])
+
+
+class HoldAtStart(Callback):
+    """Hold the run when training starts: write ``ready_file``, then sleep (a live run, for a test to meet).
+
+    Args:
+        ready_file: Created once the run holds; the test waits for it.
+        seconds: How long to hold before training goes on (the test kills the run before).
+    """
+
+    def __init__(self, ready_file: str, seconds: float = 300.0) -> None:
+        self.ready_file = ready_file
+        self.seconds = seconds
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        Path(self.ready_file).write_text(str(os.getpid()))
+        time.sleep(self.seconds)
+
+
+class KillDuringExport(Callback):
+    """Kill the run in the middle of the adapter export, once the PEFT files are written.
+
+    Patches the model card writer that :class:`~lit_lora.callbacks.export.AdapterExport`
+    calls after the adapter's weights, config, tokenizer and training config.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        import lit_lora.callbacks.export as export
+
+        def model_card(*args: Any, **kwargs: Any) -> str:
+            kill_now()
+            return ""
+
+        export.model_card = model_card
