@@ -29,6 +29,39 @@ def partial_path(target: str | Path, hidden: bool = False) -> Path:
     return target.with_name(name)
 
 
+def remove_dead_writers_partials(target: str | Path) -> list[Path]:
+    """Delete the side files of ``target`` left by writers that were killed (their PID is gone).
+
+    A live process's side file is never touched, whoever it is. Only PIDs of this
+    machine can be checked: the run lock keeps writers of other machines out of a
+    run's folder.
+
+    Args:
+        target: The final path whose ``<name>.<pid>.<random>.partial`` siblings are looked at.
+
+    Returns:
+        The side files removed.
+    """
+    target = Path(target)
+    removed = []
+    for partial in target.parent.glob(f"{target.name}.*.*{PARTIAL_SUFFIX}"):
+        pid = partial.name[len(target.name) + 1 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def fsync_folder(folder: str | Path) -> None:
     """Make the entries of ``folder`` (a rename into it, new files) durable."""
     descriptor = os.open(folder, os.O_RDONLY)

@@ -20,7 +20,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.strategies import Strategy
 
-from lit_lora.artifacts.atomic import fsync_folder, partial_path
+from lit_lora.artifacts.atomic import fsync_folder, partial_path, remove_dead_writers_partials
 from lit_lora.errors import ConfigError
 
 
@@ -32,7 +32,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     write into one file (the run lock keeps a second run out of the folder, but a
     checkpoint written by hand, or by a callback, may still meet a run's own). A write
     that fails removes its side file; a killed one leaves it, under a name that no
-    checkpoint glob (``*.ckpt``) matches. Remote paths (``s3://``...) keep Lightning's writer, whose
+    checkpoint glob (``*.ckpt``) matches, until the next write of that checkpoint
+    removes it (its writer's PID is gone). Remote paths (``s3://``...) keep Lightning's writer, whose
     object-store uploads are atomic already. The file is streamed to disk rather than
     built in memory first, so a checkpoint never needs its own size in extra RAM.
     """
@@ -54,6 +55,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
         # Make the rename itself durable: it lives in the folder's entry table.
         fsync_folder(path.parent)
+        remove_dead_writers_partials(path)
 
 
 def keep_atomic_writer(strategy: Strategy, plugins: Iterable[Any]) -> None:

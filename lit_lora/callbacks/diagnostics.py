@@ -197,9 +197,7 @@ class TrainingDiagnostics(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         chance = getattr(pl_module, "chance_loss", None)
         self._chance_loss = chance() if callable(chance) else None
-        # The first loss survives a resume (load_state_dict runs before this hook).
-        if trainer.ckpt_path is None:
-            self._first_loss = None
+        # The first loss is not reset here: a resumed run's comes from load_state_dict.
         self._verified = self._pending = None
         # A resumed run's starting state is its checkpoint file; a new run's is this.
         if self.keep_last_good and trainer.ckpt_path is None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io as io_module
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import fsspec
@@ -129,9 +131,13 @@ def test_a_write_killed_halfway_leaves_the_previous_file_intact(tmp_path, monkey
 
 def test_a_save_never_writes_into_another_writers_partial_file(tmp_path):
     # Another writer of the same target is midway: its side file must stay as it is.
+    # A killed writer's (its PID is gone) is removed.
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
-    for other in ("last.ckpt.partial", f"last.ckpt.{os.getpid()}.0badc0de.partial"):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    others = ("last.ckpt.partial", f"last.ckpt.{os.getpid()}.0badc0de.partial", f"last.ckpt.{dead_pid}.1.partial")
+    for other in others:
         (tmp_path / other).write_bytes(b"half a checkpoint")
     io.save_checkpoint(checkpoint(3.0), path)
     assert_same_checkpoint(io.load_checkpoint(path), checkpoint(3.0))

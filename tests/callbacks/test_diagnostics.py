@@ -301,3 +301,52 @@ def test_a_diverging_run_keeps_the_last_good_state_and_resumes_at_a_lower_lr(tmp
     lrs = [float(row["train/lr"]) for row in csv.DictReader(log.open()) if row.get("train/lr")]
     assert lrs and max(lrs) == pytest.approx(0.002)  # warmup is over at step 1 of 4 (ratio 0.1)
     assert math.isfinite(float(resumed.trainer.callback_metrics["train/loss"]))
+
+
+def test_state_dict_carries_the_windows_first_loss_and_patience_over(recwarn):
+    # One run of 6 steps and 3 evaluations, and the same run resumed after 4 steps and
+    # 2 evaluations from its state_dict: the checks see the same history.
+    def settings():
+        return quiet(window=3, loss_spike_factor=3.0, flat_loss_steps=5, early_stop_patience=2)
+
+    losses, val_losses = [2.0, 2.1, 1.9, 2.0, 2.05, 1.95], [1.0, 1.2, 1.3]
+    whole, first = Run(settings()), Run(settings())
+    for run, steps in ((whole, 6), (first, 4)):
+        for index in range(steps):
+            run.step(losses[index])
+            if index % 2 == 1:
+                run.validate(val_losses[index // 2])
+    state = first.callback.state_dict()
+    assert state["first_loss"] == 2.0 and state["losses"] == pytest.approx([2.1, 1.9, 2.0])
+    resumed = Run(settings())
+    resumed.callback.load_state_dict(state)
+    assert not resumed.trainer.should_stop
+    for index in (4, 5):
+        resumed.step(losses[index])
+    resumed.validate(val_losses[2])
+    assert resumed.callback.state_dict() == whole.callback.state_dict()
+    # Two evaluations without a lower val loss across the resume: patience is used up.
+    assert resumed.trainer.should_stop and whole.trainer.should_stop
+    # The flat-loss window of 5 steps spanned the resume and warned once, in each run.
+    assert [m for m in messages(recwarn) if "loss moved less than" in m] == []  # 2.0 -> 1.9 is 5%: not flat
+    assert len(state["first_losses"]) == 4
+
+
+def test_a_resumed_fit_ends_with_the_diagnostics_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    # Dropout off: the resumed epoch then trains exactly as the uninterrupted one did.
+    monkeypatch.chdir(REPO)
+    short = (
+        *("--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1", "--data.batch_size", "2"),
+        *("--trainer.num_sanity_val_steps", "0", "--model.quantization.mode", "none", "--model.lora.dropout", "0.0"),
+    )
+    checks = ("--diagnostics.window", "2", "--diagnostics.early_stop_patience", "3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = main(tiny(tmp_path / "whole", *short, *checks))
+        [epoch0] = (tmp_path / "whole" / "checkpoints").glob("epoch00-*.ckpt")
+        resumed = main(tiny(tmp_path / "resumed", *short, *checks, "--ckpt_path", str(epoch0)))
+    [expected] = [c for c in whole.trainer.callbacks if isinstance(c, TrainingDiagnostics)]
+    [actual] = [c for c in resumed.trainer.callbacks if isinstance(c, TrainingDiagnostics)]
+    state = expected.state_dict()
+    assert len(state["first_losses"]) == 4 and len(state["val_losses"]) == 2  # 2 epochs of 2 steps
+    assert actual.state_dict() == state

@@ -37,6 +37,7 @@ def test_a_kill_during_export_leaves_no_adapter_but_the_earlier_one(tmp_path):
         "fit",
         root,
         *("--trainer.max_steps", "1", "--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "0"),
+        *("--data.batch_size", "2", "--model.quantization.mode", "none"),
         "--trainer.callbacks+=tests.helpers.kill_switch.KillDuringExport",
     )
 
