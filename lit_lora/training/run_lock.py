@@ -42,16 +42,18 @@ def is_launching_process(environ: Mapping[str, str] | None = None) -> bool:
 
     torchrun sets ``RANK`` in every process, SLURM's ``srun`` sets ``SLURM_PROCID``;
     Lightning's own launcher starts the other local processes with ``LOCAL_RANK``
-    (and ``NODE_RANK`` on other machines) set.
+    (and ``NODE_RANK`` on other machines) set, and they inherit the launching
+    process's ``SLURM_PROCID`` when it runs in a SLURM job: any rank that is not 0
+    makes a process one that a launcher started.
 
     Args:
         environ: The environment to read; this process's when None.
     """
     env = os.environ if environ is None else environ
-    for variable in ("RANK", "SLURM_PROCID"):
-        if env.get(variable) not in (None, ""):
-            return int(env[variable]) == 0
-    return all(int(env.get(variable) or 0) == 0 for variable in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+    if env.get("RANK"):
+        return int(env["RANK"]) == 0
+    ranks = ("SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+    return all(int(env.get(variable) or 0) == 0 for variable in ranks)
 
 
 def _holder(descriptor: int) -> str:

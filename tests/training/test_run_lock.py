@@ -106,6 +106,7 @@ def test_the_checkpoint_folder_is_locked_only_outside_the_run_folder(tmp_path, h
         ({"RANK": "3", "LOCAL_RANK": "0"}, False),
         ({"SLURM_PROCID": "0"}, True),
         ({"SLURM_PROCID": "2", "LOCAL_RANK": "0"}, False),
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False),  # Lightning's launcher inside a SLURM job
     ],
 )
 def test_only_the_launching_process_of_a_run_takes_the_lock(environ, launching):
