@@ -237,7 +237,7 @@ def main(args: ArgsType = None, run: bool = True) -> Any:
 class ConfigOnlyCLI(LitLoraCLI):
     """Parses and validates a config with every default and link, and builds nothing.
 
-    The run-time checks (a checkpoint folder an earlier run filled) are skipped too:
+    The run-time checks (the run folder's lock, a checkpoint folder an earlier run filled) are skipped too:
     what is looked at is the config, not the state of the disk. For commands that
     read a ``fit`` command line (``estimate``) and for tests.
     """
