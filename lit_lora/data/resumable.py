@@ -16,6 +16,7 @@ from typing import Any
 from torch.utils.data import BatchSampler, DataLoader
 
 from lit_lora.data.sharding import device_share, shared_batch_count
+from lit_lora.errors import ConfigError
 
 
 class ResumableBatchSampler(BatchSampler):
@@ -79,7 +80,7 @@ class ResumableDataLoader(DataLoader):
         # before the first batch is requested: Lightning creates the iterator before it
         # calls ``set_epoch``, and an eager start would shuffle with the previous epoch.
         self._epoch, resume, self._resume_at = self._sampler_epoch(), self._resume_at, None
-        skip = resume["batches"] if resume is not None and resume["epoch"] == self._epoch else 0
+        skip = self._batches_to_skip(resume) if resume is not None and resume["epoch"] == self._epoch else 0
         self.batch_sampler.skip = skip
         try:
             iterator = super().__iter__()
@@ -90,9 +91,27 @@ class ResumableDataLoader(DataLoader):
             self._consumed += 1
             yield batch
 
+    def _batches_to_skip(self, resume: dict[str, Any]) -> int:
+        """This device's share of the batches a checkpoint had trained, on this run's device count.
+
+        A checkpoint counts the batches of each of its ``num_devices`` devices; all
+        of them together are the epoch's first global batches, which a run on another
+        device count shares out anew. A checkpoint is written after an optimizer step,
+        so the count divides evenly when each step trains as many examples as before.
+        """
+        trained = resume["batches"] * resume.get("num_devices", self.batch_sampler.num_devices)
+        skip, left = divmod(trained, self.batch_sampler.num_devices)
+        if left:
+            raise ConfigError(
+                f"The checkpoint stopped after {trained} batches of this epoch over {resume['num_devices']} "
+                f"device(s), which {self.batch_sampler.num_devices} devices cannot share evenly. Resume on "
+                "a device count that divides it, with trainer.accumulate_grad_batches x devices as before."
+            )
+        return skip
+
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch": e, "batches": n}``: ``n`` batches of epoch ``e`` already handed out."""
-        return {"epoch": self._epoch, "batches": self._consumed}
+        """``{"epoch": e, "batches": n, "num_devices": d}``: each of ``d`` devices had ``n`` batches of epoch ``e``."""
+        return {"epoch": self._epoch, "batches": self._consumed, "num_devices": self.batch_sampler.num_devices}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Make the next pass, if it is of the same epoch, start after the batches already trained."""
