@@ -30,6 +30,7 @@ from lit_lora.callbacks.progress import RunProgressBar
 from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
+from lit_lora.training.strategies import check_strategy
 
 
 def default_precision() -> str:
@@ -106,6 +107,7 @@ class LitLoraCLI(LightningCLI):
                 "would overwrite. Resume it with --ckpt_path last, or set another trainer.default_root_dir."
             )
         self._adapter_as_ckpt_path(config)
+        check_strategy(config.trainer, config.model.init_args.as_dict())
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()

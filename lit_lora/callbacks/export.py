@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_lora.artifacts.adapter_dir import MODEL_CARD, TRAINING_CONFIG
 from lit_lora.artifacts.model_card import model_card, training_config_text
+from lit_lora.training.strategies import whole_trainable_weights
 
 
 class AdapterExport(Callback):
@@ -33,10 +34,11 @@ class AdapterExport(Callback):
         return Path(trainer.default_root_dir) / self.dirname
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
-            path = pl_module.save_adapter(self.directory(trainer))
-            (path / TRAINING_CONFIG).write_text(training_config_text(trainer, pl_module))
-            # Replaces PEFT's template card, which is all placeholders.
-            (path / MODEL_CARD).write_text(model_card(trainer, pl_module, path))
-            rank_zero_info(f"lit_lora: adapter saved to {path}")
+        with whole_trainable_weights(trainer.strategy, pl_module):
+            if trainer.is_global_zero:
+                path = pl_module.save_adapter(self.directory(trainer))
+                (path / TRAINING_CONFIG).write_text(training_config_text(trainer, pl_module))
+                # Replaces PEFT's template card, which is all placeholders.
+                (path / MODEL_CARD).write_text(model_card(trainer, pl_module, path))
+                rank_zero_info(f"lit_lora: adapter saved to {path}")
         trainer.strategy.barrier("adapter_export")

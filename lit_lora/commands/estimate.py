@@ -56,6 +56,7 @@ from lit_lora.training.planning import (
     plan_batch,
 )
 from lit_lora.training.shape import ModelShape, configured_optimizer_state_bytes, meta_model
+from lit_lora.training.strategies import device_count, runs_on_cuda, strategy_kind
 
 # GGUF models are dequantized into a float32 cache folder, and random_init writes
 # ``from_config``'s float32 weights: what loading then reads, per parameter.
@@ -183,14 +184,6 @@ def adapter_config(model: Namespace) -> Any:
     return LoRASettings(**vars(model.lora)).to_peft_config()
 
 
-def uses_cuda(trainer: Namespace) -> bool:
-    """Whether ``fit`` will train on a CUDA device with these trainer settings."""
-    accelerator = str(trainer.accelerator)
-    if accelerator == "auto":
-        return torch.cuda.is_available()
-    return accelerator in ("gpu", "cuda")
-
-
 def predict_peak(args: Sequence[str]) -> PeakEstimate:
     """Predict the peak memory of ``fit`` with the command line ``args``, without loading the model.
 
@@ -216,7 +209,9 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
     loading = loading_bytes(source_bytes(model, peft_model.config, total_params), total_params, quantization)
     # The data last: its tokenizer comes from the model source checked above.
     length, sequences = longest_batch(config.data)
-    cuda = uses_cuda(config.trainer)
+    cuda = runs_on_cuda(config.trainer.accelerator)
+    shards = device_count(config.trainer, cuda)
+    kind = strategy_kind(config.trainer.strategy)
     available = available_memory(torch.device("cuda" if cuda else "cpu"))
 
     def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
@@ -233,6 +228,8 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
             process=True,
             # The fit this predicts is started by `python -m lit_lora` from this environment.
             tuned_heap=launched_tuned(),
+            weight_shards=shards if kind.shards_weights else 1,
+            optimizer_shards=shards if kind.shards_optimizer else 1,
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.

@@ -53,7 +53,9 @@ class ShardedBaseStrategy(ModelParallelStrategy):
 
     def __init__(self, process_group_backend: str | None = None, timeout: timedelta | None = default_pg_timeout):
         # Adapter-sized single-file checkpoints: see lightning_module_state_dict.
-        super().__init__(save_distributed_checkpoint=False, process_group_backend=process_group_backend, timeout=timeout)
+        super().__init__(
+            save_distributed_checkpoint=False, process_group_backend=process_group_backend, timeout=timeout
+        )
 
     def setup_environment(self) -> None:
         # One data-parallel dimension over every process of every machine; no tensor parallelism.
