@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
 from lit_lora.artifacts.source import check_model_source
 from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
+from lit_lora.data.resumable import count_batches_on
 from lit_lora.data.sharding import FILLER_KEY
 from lit_lora.errors import ConfigError
 from lit_lora.model.checkpoint import check_adapter_shapes, trainable_shapes, trained_state
@@ -384,6 +385,8 @@ class LoRAModule(EvaluationHooks, LightningModule):
         # ``load_from_checkpoint`` restores before any trainer built the model.
         self.configure_model()
         self._rng_to_restore = stored_rng_states(checkpoint, self.global_rank)
+        if self._trainer is not None:
+            count_batches_on(checkpoint, self.trainer.world_size)
         found = {name: value.shape for name, value in checkpoint["state_dict"].items()}
         check_adapter_shapes(trainable_shapes(self), found)
 

@@ -26,7 +26,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
+from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader, count_batches_on
 from lit_lora.data.sampler import EpochShuffleSampler
 from lit_lora.errors import ConfigError
 
@@ -152,6 +152,27 @@ def test_a_resume_that_another_device_count_cannot_share_evenly_is_refused():
     loader.load_state_dict({"epoch": 0, "batches": 3, "num_devices": 1})
     with pytest.raises(ConfigError, match="3 batches of this epoch over 1 device"):
         list(loader)
+
+
+def test_lightnings_batch_counts_follow_the_loader_to_another_device_count():
+    # Two devices had trained 4 batches each, the checkpoint written as the 4th ended
+    # (Lightning counts it ready but not completed): on one device that is 8 and 7.
+    progress = {"ready": 4, "completed": 3, "started": 4, "processed": 4}
+    checkpoint = {
+        "loops": {
+            "fit_loop": {
+                "state_dict": {"combined_loader": [{"epoch": 0, "batches": 4, "num_devices": 2}]},
+                "epoch_loop.batch_progress": {"current": dict(progress), "total": {**progress, "ready": 10}},
+            }
+        }
+    }
+    count_batches_on(checkpoint, 1)
+    counts = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert counts["current"] == {"ready": 8, "completed": 7, "started": 8, "processed": 8}
+    assert counts["total"]["ready"] == 14
+    # On the device count it was written with, nothing changes.
+    count_batches_on(checkpoint, 2)
+    assert counts["current"]["ready"] == 8
 
 
 def test_state_dict_of_a_resumed_pass_counts_the_skipped_batches_as_consumed():
