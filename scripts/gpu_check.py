@@ -50,6 +50,19 @@ TINY_ON_GPU = (
     "--model.quantization.compute_dtype bfloat16 --trainer.enable_progress_bar false"
 )
 TASKS = "{python} scripts/gpu_check_tasks.py"
+# Versions the report records: the image's own packages and the carried wheels (datasets
+# 5.2 wants pyarrow >= 24, which the image must provide: its wheel alone would exceed the limit).
+PACKAGES = (
+    "transformers",
+    "peft",
+    "lightning",
+    "bitsandbytes",
+    "datasets",
+    "pyarrow",
+    "jsonargparse",
+    "deepspeed",
+    "flash-attn",
+)
 
 
 def parse_pytest(log: str) -> dict[str, Any]:
@@ -239,10 +252,17 @@ def machine() -> dict[str, Any]:
     """Host, GPU and library versions, read in a child process so the driver itself never touches CUDA."""
     probe = (
         "import json, torch\n"
+        "from importlib import metadata\n"
+        "def version(name):\n"
+        "    try:\n"
+        "        return metadata.version(name)\n"
+        "    except metadata.PackageNotFoundError:\n"
+        "        return None\n"
         "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None\n"
         "memory = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None\n"
+        f"packages = {{name: version(name) for name in {PACKAGES!r}}}\n"
         "print(json.dumps({'gpu': gpu, 'gpu_memory_gib': memory, 'torch': torch.__version__, "
-        "'cuda': torch.version.cuda}))\n"
+        "'cuda': torch.version.cuda, 'packages': packages}))\n"
     )
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     info = json.loads(found.stdout) if found.returncode == 0 else {"gpu": None, "probe_error": found.stderr[-500:]}
