@@ -50,23 +50,14 @@ TINY_ON_GPU = (
     "--model.quantization.compute_dtype bfloat16 --trainer.enable_progress_bar false"
 )
 TASKS = "{python} scripts/gpu_check_tasks.py"
-# Versions the report records: the image's own packages and the carried wheels (datasets
-# 5.2 wants pyarrow >= 24, which the image must provide: its wheel alone would exceed the limit).
-PACKAGES = (
-    "transformers",
-    "peft",
-    "lightning",
-    "bitsandbytes",
-    "datasets",
-    "pyarrow",
-    "jsonargparse",
-    "deepspeed",
-    "flash-attn",
-)
 
 
 def parse_pytest(log: str) -> dict[str, Any]:
-    """Counts from pytest's last summary line (``3 passed, 1 skipped in 12.3s``)."""
+    """Counts from pytest's last summary line (``3 passed, 1 skipped in 12.3s``).
+
+    Args:
+        log: The step's whole output.
+    """
     lines = [line for line in log.splitlines() if re.search(r"\b(passed|failed|error|skipped|deselected)\b", line)]
     if not lines:
         return {}
@@ -99,7 +90,13 @@ class Step:
 
 
 def strategy_step(name: str, budget_s: int, modules: tuple[str, ...] = ()) -> Step:
-    """A few steps of the tiny config under ``configs/strategies/<name>.yaml`` on one GPU, then its export."""
+    """A few steps of the tiny config under ``configs/strategies/<name>.yaml`` on one GPU, then its export.
+
+    Args:
+        name: The strategy config's name, also the step's.
+        budget_s: The step's time budget.
+        modules: Python modules the strategy needs (``deepspeed``).
+    """
     root = f"{{work}}/{name}"
     return Step(
         name,
@@ -175,7 +172,12 @@ class StepResult:
 
 
 def figures_from_log(log: str, parse: Callable[[str], dict[str, Any]] | None) -> dict[str, Any]:
-    """The figures of a step: its parser's, then every ``GPU_CHECK_FIGURES`` line's (later lines win)."""
+    """The figures of a step: its parser's, then every ``GPU_CHECK_FIGURES`` line's (later lines win).
+
+    Args:
+        log: The step's whole output.
+        parse: The step's own parser, if any.
+    """
     figures = dict(parse(log)) if parse is not None else {}
     for line in log.splitlines():
         if line.startswith(FIGURES_PREFIX):
@@ -226,6 +228,11 @@ def run_step(step: Step, command: str, log_path: Path, env: dict[str, str]) -> S
 def select_steps(steps: Sequence[Step], only: Sequence[str], skip: Sequence[str]) -> set[str]:
     """Names of the steps to run: ``only`` (all when empty) less ``skip``.
 
+    Args:
+        steps: The table of steps.
+        only: ``--steps``: the names to run, or empty for all.
+        skip: ``--skip``: the names to leave out.
+
     Raises:
         ValueError: A name is not a step's (the message names the valid ones).
     """
@@ -237,7 +244,12 @@ def select_steps(steps: Sequence[Step], only: Sequence[str], skip: Sequence[str]
 
 
 def precheck(step: Step, dry_run: bool) -> tuple[str, str] | None:
-    """``(status, reason)`` when the step cannot run here, else ``None``."""
+    """``(status, reason)`` when the step cannot run here, else ``None``.
+
+    Args:
+        step: The step.
+        dry_run: Whether this is a dry run, which checks files only, not the installed modules.
+    """
     absent = [path for path in step.requires_files if not (REPO / path).exists()]
     if absent:
         return "missing", f"not in this checkout: {', '.join(absent)}"
@@ -249,28 +261,22 @@ def precheck(step: Step, dry_run: bool) -> tuple[str, str] | None:
 
 
 def machine() -> dict[str, Any]:
-    """Host, GPU and library versions, read in a child process so the driver itself never touches CUDA."""
-    probe = (
-        "import json, torch\n"
-        "from importlib import metadata\n"
-        "def version(name):\n"
-        "    try:\n"
-        "        return metadata.version(name)\n"
-        "    except metadata.PackageNotFoundError:\n"
-        "        return None\n"
-        "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None\n"
-        "memory = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None\n"
-        f"packages = {{name: version(name) for name in {PACKAGES!r}}}\n"
-        "print(json.dumps({'gpu': gpu, 'gpu_memory_gib': memory, 'torch': torch.__version__, "
-        "'cuda': torch.version.cuda, 'packages': packages}))\n"
-    )
-    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    info = json.loads(found.stdout) if found.returncode == 0 else {"gpu": None, "probe_error": found.stderr[-500:]}
+    """Host, GPU and package versions, from ``gpu_check_tasks.py machine``: the driver never touches CUDA."""
+    task = [sys.executable, str(REPO / "scripts/gpu_check_tasks.py"), "machine"]
+    found = subprocess.run(task, capture_output=True, text=True, timeout=120)
+    info = json.loads(found.stdout.splitlines()[-1]) if found.returncode == 0 else None
+    info = info or {"gpu": None, "probe_error": found.stderr[-500:]}
     return {"host": socket.gethostname(), "python": sys.version.split()[0], **info}
 
 
 def write_report(out: Path, report: dict[str, Any], results: Sequence[StepResult]) -> None:
-    """Write ``report.json`` and ``gpu_check.log`` (each step's log as one section) under ``out``."""
+    """Write ``report.json`` and ``gpu_check.log`` (each step's log as one section) under ``out``.
+
+    Args:
+        out: The report folder.
+        report: The report's fields other than ``steps`` and ``summary``.
+        results: The steps done so far.
+    """
     report["steps"] = [vars(result) for result in results]
     counts = {status: 0 for status in STATUSES}
     for result in results:
@@ -290,7 +296,14 @@ def now() -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Run (or, dry, plan) the selected steps and write the report; the exit status of the check."""
+    """Run (or, dry, plan) the selected steps and write the report; the exit status of the check.
+
+    Args:
+        args: The parsed command line (:func:`build_parser`).
+
+    Raises:
+        ValueError: An unknown step name, or no CUDA device on a real run.
+    """
     selected = select_steps(STEPS, args.steps, args.skip)
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
     report: dict[str, Any] = {
@@ -306,7 +319,8 @@ def run_check(args: argparse.Namespace) -> int:
         "work": str(work),
     }
     if not args.dry_run and report["machine"].get("gpu") is None:
-        raise ValueError("no CUDA device here; --dry-run checks the plumbing without one")
+        found = report["machine"].get("probe_error", "torch sees no GPU")
+        raise ValueError(f"no CUDA device here ({found}); --dry-run checks the plumbing without one")
     out.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     env = {
@@ -361,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0: nothing failed or timed out)."""
+    """Entry point; returns the exit status (0: nothing failed or timed out).
+
+    Args:
+        argv: The command line, ``sys.argv[1:]`` when ``None``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:

@@ -1,12 +1,13 @@
 """The pieces of scripts/gpu_check.py's steps that are Python rather than one command line.
 
+    python scripts/gpu_check_tasks.py machine                      # GPU, torch, CUDA, package versions as JSON
     python scripts/gpu_check_tasks.py llama-1b DIR                 # a 1B-class random Llama folder + fit.yaml
     python scripts/gpu_check_tasks.py measured-fit --config ...    # fit, then peak memory against the estimate
     python scripts/gpu_check_tasks.py check-adapter DIR            # an exported adapter folder is complete
     python scripts/gpu_check_tasks.py benchmark-figures FILE.json  # scripts/benchmark.py's JSON as figures
 
-Each prints its figures on one ``GPU_CHECK_FIGURES {json}`` line, which gpu_check.py
-collects into the report.
+Each but ``machine`` prints its figures on one ``GPU_CHECK_FIGURES {json}`` line, which
+gpu_check.py collects into the report.
 """
 
 from __future__ import annotations
@@ -48,11 +49,50 @@ LLAMA_1B = {
 # random weights make any tokenizer as good as Llama's own for speed and memory.
 TOKENIZER = REPO / "assets/tiny-llama"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Versions the report records: the image's own packages and the carried wheels (datasets
+# 5.2 wants pyarrow >= 24, which the image must provide: its wheel alone would exceed the limit).
+PACKAGES = (
+    "transformers",
+    "peft",
+    "lightning",
+    "bitsandbytes",
+    "datasets",
+    "pyarrow",
+    "jsonargparse",
+    "deepspeed",
+    "flash-attn",
+)
 
 
 def print_figures(figures: dict[str, Any]) -> None:
     """Print ``figures`` on the line gpu_check.py reads them from."""
     print(FIGURES_PREFIX + json.dumps(figures), flush=True)
+
+
+def machine_info(packages: Sequence[str] = PACKAGES) -> dict[str, Any]:
+    """The GPU (``None`` without CUDA), its memory, torch and CUDA versions, and ``packages``' versions.
+
+    Args:
+        packages: Distribution names; a missing one's version is ``None``.
+    """
+    from importlib import metadata
+
+    import torch
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "gpu": gpu,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / GIB, 1) if gpu else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "packages": {name: version(name) for name in packages},
+    }
 
 
 def write_llama_1b(folder: Path, shape: dict[str, Any] | None = None) -> Path:
@@ -159,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: one task per call (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = parser.add_subparsers(dest="task", required=True)
+    tasks.add_parser("machine")
     tasks.add_parser("llama-1b").add_argument("folder", type=Path)
     tasks.add_parser("measured-fit", add_help=False)
     tasks.add_parser("check-adapter").add_argument("folder", type=Path)
@@ -166,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, rest = parser.parse_known_args(argv)
     if rest and args.task != "measured-fit":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.task == "llama-1b":
+    if args.task == "machine":
+        print(json.dumps(machine_info()))
+    elif args.task == "llama-1b":
         print(f"llama-1b: {write_llama_1b(args.folder)}")
     elif args.task == "measured-fit":
         print_figures(measured_fit(rest))

@@ -164,16 +164,14 @@ def test_the_runner_passes_fails_and_times_out_a_step_and_reads_its_figures(tmp_
 def test_the_machine_probe_reads_the_device_and_the_package_versions_in_a_child_process():
     from importlib import metadata
 
-    check = load_script("gpu_check")
-    check.PACKAGES = (*check.PACKAGES, "no-such-package")
-    found = check.machine()
+    found = load_script("gpu_check").machine()
     assert set(found) == {"host", "python", "gpu", "gpu_memory_gib", "torch", "cuda", "packages"}
     assert found["torch"] == torch.__version__ and found["cuda"] == torch.version.cuda
     assert (found["gpu"] is None) == (not torch.cuda.is_available())
+    assert list(found["packages"]) == list(load_script("gpu_check_tasks").PACKAGES)
     assert found["packages"]["pyarrow"] == metadata.version("pyarrow")
-    assert list(found["packages"]) == list(check.PACKAGES)
-    assert found["packages"]["jsonargparse"] == metadata.version("jsonargparse")
-    assert found["packages"]["no-such-package"] is None
+    packages = load_script("gpu_check_tasks").machine_info(["jsonargparse", "no-such-package"])["packages"]
+    assert packages == {"jsonargparse": metadata.version("jsonargparse"), "no-such-package": None}
 
 
 def test_the_1b_model_has_llama_3_2_1b_parameters_and_the_benchmark_recipe(tmp_path):
