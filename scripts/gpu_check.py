@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,8 +72,8 @@ class Step:
     Args:
         name: Short identifier, used by ``--steps``/``--skip`` and in the report.
         budget_s: Seconds the step may run before ``timeout`` ends it.
-        command: A bash command run from the repository root; ``{python}``, ``{work}``
-            and ``{out}`` are replaced by the interpreter, the work folder and ``--out``.
+        command: A bash command run from the repository root, a ``str.format`` template
+            (literal braces doubled): ``{python}``, ``{work}``, ``{out}`` (interpreter, work folder, --out).
         description: What the step shows, for the report and ``--list``.
         requires_files: Repository files the step reads; absent ones make it ``missing``.
         requires_modules: Python modules it imports; absent ones make it ``skipped``
@@ -345,6 +346,8 @@ def run_check(args: argparse.Namespace) -> int:
             result = StepResult(step.name, step.description, command, step.budget_s, "planned", reason="dry run")
         else:
             print(f"gpu_check: {step.name} (budget {step.budget_s} s)", flush=True)
+            # A rerun starts its run folder afresh (checkpoints, adapter); the model cache stays.
+            shutil.rmtree(work / step.name, ignore_errors=True)
             result = run_step(step, command, work / "logs" / f"{step.name}.log", env)
         print(f"gpu_check: {step.name}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
         results.append(result)

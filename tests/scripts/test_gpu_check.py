@@ -161,6 +161,34 @@ def test_the_runner_passes_fails_and_times_out_a_step_and_reads_its_figures(tmp_
     assert result.seconds < 10
 
 
+def test_a_real_run_records_each_outcome_and_fails_when_a_step_failed(tmp_path):
+    check = load_script("gpu_check")
+    # This machine has no GPU: the probe's answer is replaced, and the table by four small steps.
+    check.machine = lambda: {"host": "h", "python": "3.12", "gpu": "Some GPU"}
+    check.STEPS = (
+        check.Step("ok", 10, "echo 'GPU_CHECK_FIGURES {{\"x\": 1}}'; echo {work}", "passes"),
+        check.Step("bad", 10, "exit 4", "fails"),
+        check.Step("needs", 10, "true", "lacks a module", requires_modules=("no_such_module",)),
+        check.Step("absent", 10, "true", "lacks a file", requires_files=("no/such/file",)),
+    )
+    (tmp_path / "work/ok").mkdir(parents=True)
+    (tmp_path / "work/ok/stale").write_text("from an earlier run")
+    assert check.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 1
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    outcomes = {step["name"]: (step["status"], step["reason"], step["figures"]) for step in report["steps"]}
+    assert outcomes == {
+        "ok": ("passed", None, {"x": 1}),
+        "bad": ("failed", "exit status 4", {}),
+        "needs": ("skipped", "not installed: no_such_module", {}),
+        "absent": ("missing", "not in this checkout: no/such/file", {}),
+    }
+    assert report["steps"][0]["log_tail"][-1] == str(tmp_path / "work")
+    assert report["machine"]["gpu"] == "Some GPU" and report["finished"] is not None
+    assert report["summary"] == {"passed": 1, "failed": 1, "timeout": 0, "skipped": 1, "missing": 1, "planned": 0}
+    assert not (tmp_path / "work/ok").exists()  # a rerun starts the step's run folder afresh
+    assert "===== bad: failed" in (tmp_path / "out/gpu_check.log").read_text()
+
+
 def test_the_machine_probe_reads_the_device_and_the_package_versions_in_a_child_process():
     from importlib import metadata
 
