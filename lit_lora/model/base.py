@@ -32,6 +32,7 @@ from lit_lora.model.lora import LoRASettings, trainable_adapter
 from lit_lora.model.loss import head_loss_sum, probe_separable_head, token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import ReplayQueue
+from lit_lora.model.trained_on import store_record
 from lit_lora.training.optim import (
     LRSchedule,
     configured_settings,
@@ -367,6 +368,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         # Checkpoints are written between optimizer steps, so these are the states the
         # next step's dropout starts from, one set per device.
         store_rng_states(checkpoint)
+        store_record(checkpoint, self.hparams)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Set back at the first batch rather than at load time: building the adapter,
