@@ -284,7 +284,7 @@ def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):
     [
         ("--data.train_file", "absent.jsonl", "data.train_file: 'absent.jsonl' does not exist"),
         ("--data.format", "vicuna", "vicuna"),
-        ("--model.model_name_or_path", "./no_model", "model.model_name_or_path: './no_model' is not a folder"),
+        ("--model.model_name_or_path", "./no_model", "model.model_name_or_path: './no_model' is a local path, and"),
     ],
 )
 def test_bad_input_stops_with_the_field_and_the_fix(in_repo, capsys, option, value, message):

@@ -98,15 +98,37 @@ def gguf_as_folder(name_or_path: str, gguf_file: str) -> Path:
     The cache key is the GGUF file's resolved path, size and modification time, so a
     changed file is converted again.
     """
-    source = (Path(loadable(name_or_path)) / gguf_file).resolve()
-    stat = source.stat()
-    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    source, key = _gguf_source(name_or_path, gguf_file)
     folder = cache_root() / "gguf" / f"{source.stem}-{key}"
     return cached_folder(folder, lambda out: convert_gguf(source.parent, source.name, out))
 
 
-def cached_folder(folder: Path, write: Callable[[Path], None]) -> Path:
+def gguf_tokenizer_folder(name_or_path: str, gguf_file: str) -> Path:
+    """Return a cached folder holding only the tokenizer of a GGUF file, as :func:`convert_gguf` saves it.
+
+    Reading the tokenizer takes seconds, dequantizing the model tens of them: ``preview``
+    and the data module need only the tokenizer. Keyed like :func:`gguf_as_folder`.
+    """
+    source, key = _gguf_source(name_or_path, gguf_file)
+    folder = cache_root() / "gguf-tokenizer" / f"{source.stem}-{key}"
+    write = lambda out: save_gguf_tokenizer(source.parent, source.name, out)  # noqa: E731
+    return cached_folder(folder, write, complete="tokenizer_config.json")
+
+
+def _gguf_source(name_or_path: str, gguf_file: str) -> tuple[Path, str]:
+    """The GGUF file's resolved path and the cache key of its content (path, size, modification time)."""
+    source = (Path(loadable(name_or_path)) / gguf_file).resolve()
+    stat = source.stat()
+    return source, hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def cached_folder(folder: Path, write: Callable[[Path], None], complete: str = "config.json") -> Path:
     """Return ``folder``, calling ``write(tmp)`` to create it first if it is not complete.
+
+    Args:
+        folder: The cached folder.
+        write: Writes the folder's files into the folder it is given.
+        complete: The file whose presence says the folder is complete.
 
     A file lock makes the processes of a multi-device run wait for the one that writes
     (they all reach this point at once on a first run), and the folder is written under
@@ -116,7 +138,7 @@ def cached_folder(folder: Path, write: Callable[[Path], None]) -> Path:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if not (folder / "config.json").is_file():
+        if not (folder / complete).is_file():
             tmp = folder.with_name(folder.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             write(tmp)
@@ -126,9 +148,8 @@ def cached_folder(folder: Path, write: Callable[[Path], None]) -> Path:
 
 def convert_gguf(directory: str | Path, gguf_file: str, out: str | Path) -> None:
     """Dequantize a GGUF model into a plain safetensors folder (weights, config, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file)
     # The GGUF quantizer stays attached after dequantizing; saving with it would write a
     # GGUF quantization_config that makes every later bitsandbytes load refuse the folder.
@@ -136,7 +157,14 @@ def convert_gguf(directory: str | Path, gguf_file: str, out: str | Path) -> None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_gguf_tokenizer(directory, gguf_file, out)
+
+
+def save_gguf_tokenizer(directory: str | Path, gguf_file: str, out: str | Path) -> None:
+    """Write the tokenizer embedded in a GGUF file as a plain tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file).save_pretrained(out)
 
 
 def resolve_model_folder(name_or_path: str, gguf_file: str | None = None) -> str:
