@@ -20,6 +20,7 @@ The rule, the same for ``model.model_name_or_path``, ``model.tokenizer_name_or_p
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from collections.abc import Collection
 from pathlib import Path
@@ -112,4 +113,7 @@ def loadable(value: str, field: str = "model.model_name_or_path") -> str:
         field: The config field it came from, named in errors.
     """
     path = local_path(value, field)
-    return hub_id(value) if path is None else str(path)
+    if path is None:
+        return hub_id(value)
+    # As written (``./foo`` stays ``./foo``), so that transformers never takes it for a hub id either.
+    return str(path) if value.startswith(PACKAGE_PREFIX) else os.path.expanduser(value)

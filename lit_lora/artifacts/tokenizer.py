@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_lora.artifacts.location import loadable
-from lit_lora.artifacts.source import gguf_tokenizer_folder
+from lit_lora.artifacts.source import check_model_source, gguf_tokenizer_folder
 from lit_lora.errors import ConfigError
 
 
@@ -55,13 +55,15 @@ def load_data_tokenizer(name_or_path: str | None, gguf_file: str | None = None) 
     """:func:`load_tokenizer` for a data module, whose ``data.tokenizer_name_or_path`` the CLI fills in.
 
     Raises:
-        ConfigError: No tokenizer is set, naming the settings that provide one.
+        ConfigError: No tokenizer is set, naming the settings that provide one, or the
+            local folder it names does not exist.
     """
     if name_or_path is None:
         raise ConfigError(
             "data.tokenizer_name_or_path is not set, so there is no tokenizer to prepare the data with. "
             "Fix: set model.model_name_or_path (the CLI copies it here), or set data.tokenizer_name_or_path."
         )
+    check_model_source(name_or_path, gguf_file, field="data.tokenizer_name_or_path")
     return load_tokenizer(name_or_path, gguf_file)
 
 

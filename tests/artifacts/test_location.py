@@ -9,6 +9,7 @@ import pytest
 
 from lit_lora.artifacts.location import hub_id, loadable, local_path
 from lit_lora.artifacts.source import check_model_source
+from lit_lora.artifacts.tokenizer import load_data_tokenizer
 from lit_lora.data.files import check_data_path, is_local
 from lit_lora.errors import ConfigError
 
@@ -37,6 +38,16 @@ def test_what_can_only_be_a_hub_id_is_one(in_tmp: Path, value: str) -> None:
 def test_what_can_be_a_local_path_is_one(in_tmp: Path, value: str) -> None:
     assert hub_id(value) is None
     assert local_path(value, "model.model_name_or_path") == Path(value).expanduser()
+
+
+def test_a_local_path_reaches_transformers_as_written(in_tmp: Path) -> None:
+    assert loadable("./foo") == "./foo"  # never "foo", which transformers would look up on the hub
+    assert loadable("~/foo") == str(Path.home() / "foo")
+
+
+def test_the_data_modules_tokenizer_follows_the_rule(in_tmp: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data\.tokenizer_name_or_path: 'models/tok' is a local path, and "):
+        load_data_tokenizer("models/tok")
 
 
 def test_an_existing_folder_of_hub_form_is_local(in_tmp: Path) -> None:
