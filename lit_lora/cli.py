@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.artifacts.adapter_dir import is_adapter_dir
+from lit_lora.artifacts.checkpoint_file import check_run_sources
 from lit_lora.artifacts.tokenizer import tokenizer_source
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
 from lit_lora.callbacks.export import AdapterExport
@@ -101,6 +102,7 @@ class LitLoraCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         folder = checkpoint_folder(config)
+        check_run_sources(self.subcommand, config, folder)
         if self.subcommand == "fit" and config.ckpt_path is None and any(folder.glob("*.ckpt")):
             raise ConfigError(
                 f"checkpoint.dirpath: {folder} already holds checkpoints of an earlier run, which this run "

@@ -19,6 +19,7 @@ from lit_lora import LoRAModule
 from lit_lora.artifacts.adapter_dir import BaseModelSpec
 from lit_lora.cli import main
 from lit_lora.model.loading import load_base_model, random_weights_folder
+from lit_lora.model.trained_on import RECORD_KEY, lit_lora_version
 from tests.helpers.parsing import parse
 from tests.helpers.tiny import tiny_args
 
@@ -178,6 +179,19 @@ def test_checkpoints_hold_only_the_adapter_and_the_loop_state(fitted):
     assert state["global_step"] == cli.trainer.global_step
 
 
+def test_checkpoints_record_what_they_were_trained_on(fitted):
+    cli, root = fitted
+    checkpoint = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    lora = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "bias": "none"}
+    lora |= {"layers_to_transform": None, "modules_to_save": None, "use_dora": False, "use_rslora": False}
+    quantization = {"mode": "nf4", "double_quant": True, "compute_dtype": "float32", "quant_storage": "uint8"}
+    settings = {"model_name_or_path": "assets/tiny-llama", "gguf_file": None, "random_init": True}
+    settings |= {"tokenizer_name_or_path": None, "seed": 0}
+    settings |= {f"quantization.{k}": v for k, v in quantization.items()}
+    settings |= {f"lora.{k}": v for k, v in lora.items()} | {"lora.init_lora_weights": True}
+    assert checkpoint[RECORD_KEY] == {"format": 1, "lit_lora_version": lit_lora_version(), "settings": settings}
+
+
 def test_fit_resumes_from_a_checkpoint(fitted, tmp_path, in_repo):
     cli, root = fitted
     last = next(root.rglob("last.ckpt"))
@@ -312,7 +326,7 @@ def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):
     [
         ("--data.train_file", "absent.jsonl", "data.train_file: 'absent.jsonl' does not exist"),
         ("--data.format", "vicuna", "vicuna"),
-        ("--model.model_name_or_path", "./no_model", "model.model_name_or_path: './no_model' is not a folder"),
+        ("--model.model_name_or_path", "./no_model", "model.model_name_or_path: './no_model' is a local path, and"),
     ],
 )
 def test_bad_input_stops_with_the_field_and_the_fix(in_repo, capsys, option, value, message):

@@ -33,7 +33,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
-from lit_lora.artifacts.source import check_model_source
+from lit_lora.artifacts.location import loadable
+from lit_lora.artifacts.source import check_base_settings
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.data.base import DataModuleContract
 from lit_lora.errors import ConfigError
@@ -129,14 +130,10 @@ def base_config(model: Namespace) -> Any:
     from transformers import AutoConfig
 
     # The checks LoRAModule makes, with the same messages.
-    check_model_source(model.model_name_or_path, model.gguf_file)
-    if model.tokenizer_name_or_path is not None:
-        check_model_source(model.tokenizer_name_or_path, field="model.tokenizer_name_or_path")
-    if model.random_init and model.gguf_file is not None:
-        raise ConfigError("model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file.")
+    check_base_settings(model.model_name_or_path, model.gguf_file, model.tokenizer_name_or_path, model.random_init)
     if model.adapter_path is not None:
         check_adapter_dir(model.adapter_path, "model.adapter_path")
-    folder = Path(model.model_name_or_path).expanduser()
+    folder = Path(loadable(model.model_name_or_path))
     if model.gguf_file is not None:
         # The GGUF metadata, without reading its tensors.
         return AutoConfig.from_pretrained(str(folder), gguf_file=model.gguf_file)
@@ -146,7 +143,7 @@ def base_config(model: Namespace) -> Any:
             "folder (config.json and weights), or at the folder of a .gguf file plus gguf_file."
         )
     try:
-        return AutoConfig.from_pretrained(model.model_name_or_path)
+        return AutoConfig.from_pretrained(str(folder))
     except OSError as error:  # a hub id that is not there, or no network
         raise ConfigError(
             f"model.model_name_or_path: no config.json for '{model.model_name_or_path}' ({error})"
@@ -163,7 +160,7 @@ def source_bytes(model: Namespace, config: Any, total_params: int) -> int:
     """
     if model.gguf_file is not None or model.random_init:
         return total_params * _CACHED_WEIGHT_BYTES
-    folder = Path(model.model_name_or_path).expanduser()
+    folder = Path(loadable(model.model_name_or_path))
     if folder.is_dir():
         return weight_file_bytes(folder)
     # A hub id: the checkpoint's dtype, as published.

