@@ -387,8 +387,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         self._rng_to_restore = stored_rng_states(checkpoint, self.global_rank)
         if self._trainer is not None:
             count_batches_on(checkpoint, self.trainer.world_size)
-        found = {name: value.shape for name, value in checkpoint["state_dict"].items()}
-        check_adapter_shapes(trainable_shapes(self), found)
+        check_adapter_shapes(trainable_shapes(self), {name: w.shape for name, w in checkpoint["state_dict"].items()})
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the PEFT adapter and the tokenizer, loadable with ``PeftModel.from_pretrained``."""
