@@ -109,7 +109,7 @@ class LitLoraCLI(LightningCLI):
                 "would overwrite. Resume it with --ckpt_path last, or set another trainer.default_root_dir."
             )
         self._adapter_as_ckpt_path(config)
-        check_strategy(config.trainer, config.model.init_args.as_dict())
+        check_strategy(config.trainer, config.model.init_args.as_dict(), config.data.get("init_args", {}))
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()

@@ -38,6 +38,7 @@ DEEPSPEED = {
     "trainer.strategy.class_path": "lightning.pytorch.strategies.DeepSpeedStrategy",
     "trainer.strategy.init_args.exclude_frozen_parameters": True,
     "model.init_args.optimizer.class_path": "torch.optim.AdamW",
+    "trainer.accumulate_grad_batches": 1,
     **ON_GPUS,
 }
 STRATEGY_SETTINGS = {

@@ -301,10 +301,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         if filler:
             # Run only to keep this device in step with the others (lit_lora.data.sharding).
             loss_sum, count = loss_sum * 0, count * 0
-        self._step_loss.add(loss_sum, count)
-        # Lightning divides what we return by accumulate_grad_batches before backward;
-        # multiply it back so the gradients stay plain sums, normalised at the step.
-        return loss_sum * self.trainer.accumulate_grad_batches
+        return self._step_loss.add(loss_sum, count, self.trainer)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Turn the summed gradients into the gradient of the step's mean token loss.

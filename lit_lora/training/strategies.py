@@ -120,12 +120,18 @@ def device_count(trainer: Any, cuda: bool) -> int:
     return count * int(trainer.get("num_nodes", 1) or 1)
 
 
-def check_strategy(trainer: Any, model: dict[str, Any]) -> StrategyKind:
+def deepspeed_installed() -> bool:
+    """Whether DeepSpeed can be imported (found without importing it: that takes seconds)."""
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def check_strategy(trainer: Any, model: dict[str, Any], data: dict[str, Any] | None = None) -> StrategyKind:
     """Refuse a strategy that cannot run this model, with the fix, before anything is built.
 
     Args:
         trainer: The ``trainer`` section of the parsed config (``strategy``, ``accelerator``).
         model: The model's ``init_args`` as a dict (``quantization``, ``optimizer``).
+        data: The data module's ``init_args`` as a dict (``batch_size``), when known.
 
     Returns:
         The strategy's kind, for callers that size memory by it.
@@ -152,7 +158,7 @@ def check_strategy(trainer: Any, model: dict[str, Any]) -> StrategyKind:
         )
     if kind.family == "deepspeed" and not on_cuda:
         raise ConfigError(f"{field} runs on CUDA GPUs only. On CPU, use {SHARDED_PATHS}.")
-    if kind.family == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+    if kind.family == "deepspeed" and not deepspeed_installed():
         raise ConfigError(f"{field} needs DeepSpeed, which is not installed: pip install 'lit_lora[deepspeed]'.")
     quantization = model.get("quantization") or {}
     mode = _setting(quantization, "mode", "nf4")
@@ -164,6 +170,7 @@ def check_strategy(trainer: Any, model: dict[str, Any]) -> StrategyKind:
     if kind.family == "deepspeed":
         _check_uniform_storage(kind, quantization, mode)
         _check_checkpointable_optimizer(kind, model.get("optimizer"))
+        _check_one_micro_batch_per_step(kind, trainer, data or {})
     return kind
 
 
@@ -186,6 +193,30 @@ def _check_uniform_storage(kind: StrategyKind, quantization: Any, mode: str) -> 
             f"{kind.name} partitions the weights as one dtype. Set "
             f"model.quantization.quant_storage: {compute} (as configs/strategies/fsdp_qlora.yaml does), or use "
             "configs/strategies/fsdp2.yaml, which shards 4-bit weights of any storage."
+        )
+
+
+def _check_one_micro_batch_per_step(kind: StrategyKind, trainer: Any, data: dict[str, Any]) -> None:
+    """Under DeepSpeed the loss is normalised per micro-batch: exact only with one per optimizer step.
+
+    lit_lora's loss is the mean over all the supervised tokens of an optimizer step.
+    DeepSpeed keeps the gradients where they cannot be rescaled once the step's total
+    is known, so each micro-batch is normalised by its own tokens over all devices
+    (``lit_lora.training.step_loss``), which weighs a token of a short micro-batch more
+    under gradient accumulation.
+    """
+    accumulation = trainer.get("accumulate_grad_batches", 1)
+    if accumulation != 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches: {accumulation} under {kind.name}: lit_lora's loss is the mean over "
+            "an optimizer step's tokens, which DeepSpeed's gradient partitions let it compute only for one "
+            "micro-batch per step. Set trainer.accumulate_grad_batches: 1 (as the DeepSpeed configs do) and "
+            "raise data.batch_size or the devices, or use configs/strategies/fsdp_qlora.yaml."
+        )
+    if data.get("batch_size") == "auto":
+        raise ConfigError(
+            f"data.batch_size: auto chooses a gradient accumulation, which {kind.name} cannot normalise exactly; "
+            "set data.batch_size to a number."
         )
 
 

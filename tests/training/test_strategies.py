@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lit_lora.cli import main
 from lit_lora.errors import ConfigError
 from lit_lora.training.sharded_base import ShardedBaseStrategy
-from lit_lora.training.strategies import check_strategy, device_count, strategy_kind
+from lit_lora.training.strategies import check_strategy, deepspeed_installed, device_count, strategy_kind
 from tests.helpers.parsing import parse
 from tests.helpers.tiny import REPO
 
@@ -84,7 +84,7 @@ def test_deepspeed_on_cpu_points_at_the_cpu_sharded_path(strategy):
         checked("--trainer.strategy", strategy)
 
 
-@pytest.mark.skipif(bool(__import__("importlib.util").util.find_spec("deepspeed")), reason="DeepSpeed is installed")
+@pytest.mark.skipif(deepspeed_installed(), reason="DeepSpeed is installed")
 def test_deepspeed_not_installed_names_the_extra():
     with pytest.raises(
         ConfigError, match=r"needs DeepSpeed, which is not installed: pip install 'lit_lora\[deepspeed\]'"
@@ -113,7 +113,7 @@ def deepspeed_checked(monkeypatch, *extra: str) -> None:
     """The DeepSpeed checks past the installation check (DeepSpeed is not installed here)."""
     import lit_lora.training.strategies as strategies
 
-    monkeypatch.setattr(strategies.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(strategies, "deepspeed_installed", lambda: True)
     return checked("--config", "configs/strategies/deepspeed_zero3.yaml", *extra)
 
 
@@ -159,3 +159,10 @@ def test_cuda_is_what_gpu_and_cuda_name():
 
     assert runs_on_cuda("gpu") and runs_on_cuda("cuda") and not runs_on_cuda("cpu")
     assert runs_on_cuda("auto") == torch.cuda.is_available()
+
+
+def test_deepspeed_needs_one_micro_batch_per_step(monkeypatch):
+    with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches: 4 under DeepSpeedStrategy.*Set trainer.accumulate_grad_batches: 1"):
+        deepspeed_checked(monkeypatch, "--trainer.accumulate_grad_batches", "4")
+    with pytest.raises(ConfigError, match="data.batch_size: auto chooses a gradient accumulation"):
+        deepspeed_checked(monkeypatch, "--data.batch_size", "auto")
