@@ -28,7 +28,7 @@ def in_repo(monkeypatch):
 def checked(*extra: str) -> None:
     """Parse configs/tiny.yaml with ``extra`` and run the strategy check on it."""
     config = parse(["fit", "--config", "configs/tiny.yaml", *extra]).fit
-    return check_strategy(config.trainer, config.model.init_args.as_dict())
+    return check_strategy(config.trainer, config.model.init_args.as_dict(), config.data.init_args.as_dict())
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,10 @@ def test_cuda_is_what_gpu_and_cuda_name():
 
 
 def test_deepspeed_needs_one_micro_batch_per_step(monkeypatch):
-    with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches: 4 under DeepSpeedStrategy.*Set trainer.accumulate_grad_batches: 1"):
+    with pytest.raises(
+        ConfigError,
+        match="trainer.accumulate_grad_batches: 4 under DeepSpeedStrategy.*Set trainer.accumulate_grad_batches: 1",
+    ):
         deepspeed_checked(monkeypatch, "--trainer.accumulate_grad_batches", "4")
     with pytest.raises(ConfigError, match="data.batch_size: auto chooses a gradient accumulation"):
         deepspeed_checked(monkeypatch, "--data.batch_size", "auto")
