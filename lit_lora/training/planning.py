@@ -38,6 +38,7 @@ from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.training.heap import heap_tuned
 from lit_lora.training.memory import MemoryEstimate, available_memory, estimate_memory, materialises_attention
 from lit_lora.training.shape import ModelShape, optimizer_state_bytes
+from lit_lora.training.strategies import strategy_kind
 
 # Share of the available memory an estimate may take: the rest is for what it
 # leaves out (allocator fragmentation, temporary buffers, data loading).
@@ -174,6 +175,8 @@ def check_memory(
     available = int(trainer.strategy.reduce(free, reduce_op="min"))
     budget = int(SAFETY_FRACTION * available)
 
+    kind = strategy_kind(trainer.strategy)
+
     def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
         return estimate_memory(
             shape,
@@ -186,6 +189,8 @@ def check_memory(
             cuda=device.type == "cuda",
             training=training,
             tuned_heap=heap_tuned(),
+            weight_shards=trainer.world_size if kind.shards_weights else 1,
+            optimizer_shards=trainer.world_size if kind.shards_optimizer else 1,
         )
 
     # Evaluation keeps no activations for backward: checkpointing changes nothing.

@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from lightning.pytorch.strategies import Strategy
+from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import DeepSpeedStrategy, Strategy
+
+
+def gradients_visible(strategy: Strategy) -> bool:
+    """Whether the step's gradients are in ``p.grad`` when the optimizer step starts (not under DeepSpeed)."""
+    return not isinstance(strategy, DeepSpeedStrategy)
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,28 @@ class StepLoss:
         self.count: torch.Tensor | int = 0
         self.start: float | None = None
 
-    def add(self, loss_sum: torch.Tensor, count: torch.Tensor) -> None:
-        """Count one micro-batch: its summed loss (detached here) and its number of units."""
+    def add(self, loss_sum: torch.Tensor, count: torch.Tensor, trainer: Trainer) -> torch.Tensor:
+        """Count one micro-batch (its summed loss and number of units); the loss its backward takes.
+
+        Args:
+            loss_sum: The micro-batch's summed loss.
+            count: The units it sums over.
+            trainer: The running trainer (its strategy and accumulation).
+        """
         self.loss_sum = self.loss_sum + loss_sum.detach()
         self.count = self.count + count
         if self.start is None:
             self.start = time.perf_counter()
+        if not gradients_visible(trainer.strategy):
+            # DeepSpeed keeps gradients in its own partitions, where they cannot be
+            # rescaled at the step: normalise the loss instead, by the units of this
+            # micro-batch on all devices (it averages over them). That is the step's
+            # mean with one micro-batch per step, which the config checks enforce.
+            total = trainer.strategy.reduce(torch.as_tensor(count, dtype=torch.float32), reduce_op="sum")
+            return loss_sum * trainer.world_size / total.clamp(min=1)
+        # Lightning divides what we return by accumulate_grad_batches before backward;
+        # multiply it back so the gradients stay plain sums, normalised at the step.
+        return loss_sum * trainer.accumulate_grad_batches
 
     def normalise_gradients(
         self, strategy: Strategy, parameters: Iterable[torch.nn.Parameter], world_size: int
@@ -68,6 +90,9 @@ class StepLoss:
         # One all-reduce for both sums: (loss sum, units) over all devices.
         loss_sum, count = strategy.reduce(torch.stack([self.loss_sum, self.count.float()]), reduce_op="sum")
         count = count.clamp(min=1)
+        if not gradients_visible(strategy):
+            # Normalised through the loss (add); DeepSpeed logs its own gradient norm.
+            return StepResult(loss_sum / count, count, time.perf_counter() - self.start, torch.tensor(float("nan")))
         # Data-parallel strategies average gradients over devices, hence world_size.
         grads = [p.grad for p in parameters if p.grad is not None]
         torch._foreach_mul_(grads, world_size / count)

@@ -184,7 +184,7 @@ def quantized_base(folder: Path) -> Path:
     ("options", "message"),
     [
         (["--adapter={tmp}/missing"], "--adapter: '{tmp}/missing' does not exist"),
-        (["--base={tmp}/missing"], "--base: '{tmp}/missing' is not a folder"),
+        (["--base={tmp}/missing"], "--base: '{tmp}/missing' is a local path, and"),
         (["--base={tmp}/quantized"], "--base: '{tmp}/quantized' holds bitsandbytes-"),
         (["--max_shard_size=5 gigs"], "--max_shard_size: "),
     ],

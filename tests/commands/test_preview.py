@@ -181,6 +181,12 @@ def test_no_model_is_built_or_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyP
         (["--data.init_args.max_length", "0"], "data.max_length: 0 is below 1"),
         (["--split", "validation"], "split: the validation split has no data"),
         (["--num_examples", "-1"], "num_examples: -1 is below 0"),
+        # The model's source is checked as fit checks it, before the tokenizer is loaded from it.
+        (
+            ["--model.init_args.model_name_or_path", "assets/missing"],
+            f"model.model_name_or_path: 'assets/missing' is a local path, and {REPO / 'assets' / 'missing'} "
+            "does not exist. Fix:",
+        ),
     ],
 )
 def test_bad_settings_exit_2_with_the_fix(

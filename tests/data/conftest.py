@@ -62,17 +62,15 @@ def escaping_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def smollm2_path(gguf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def smollm2_path(gguf_dir: Path) -> str:
     """SmolLM2-135M-Instruct's tokenizer (ChatML, no BOS) read from its GGUF file and saved alone.
 
-    Read with transformers' GGUF tokenizer loader, without converting the weights.
+    Read with transformers' GGUF tokenizer loader, without converting the weights, as
+    lit_lora's data module reads it (``gguf_tokenizer_folder``).
     """
-    from transformers import AutoTokenizer
+    from lit_lora.artifacts.source import gguf_tokenizer_folder
 
-    gguf = next(gguf_dir.glob("*.gguf"))
-    folder = tmp_path_factory.mktemp("smollm2_tokenizer")
-    AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf.name).save_pretrained(folder)
-    return str(folder)
+    return str(gguf_tokenizer_folder(str(gguf_dir), next(gguf_dir.glob("*.gguf")).name))
 
 
 @pytest.fixture(scope="session")

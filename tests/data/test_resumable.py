@@ -26,8 +26,9 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader
+from lit_lora.data.resumable import ResumableBatchSampler, ResumableDataLoader, count_batches_on
 from lit_lora.data.sampler import EpochShuffleSampler
+from lit_lora.errors import ConfigError
 
 NUM_EXAMPLES = 10
 BATCH_SIZE = 2  # 5 batches per pass
@@ -75,7 +76,7 @@ def epoch_batches(epoch: int, seed: int = 7) -> list[list[int]]:
 
 
 def test_a_fresh_loader_reports_no_batches_consumed():
-    assert make_loader().state_dict() == {"epoch": None, "batches": 0}
+    assert make_loader().state_dict() == {"epoch": None, "batches": 0, "num_devices": 1}
 
 
 def test_state_dict_counts_the_batches_taken_from_the_iterator():
@@ -83,13 +84,13 @@ def test_state_dict_counts_the_batches_taken_from_the_iterator():
     iterator = iter(loader)
     for _ in range(3):
         next(iterator)
-    assert loader.state_dict() == {"epoch": 0, "batches": 3}
+    assert loader.state_dict() == {"epoch": 0, "batches": 3, "num_devices": 1}
 
 
 def test_state_dict_counts_a_whole_pass_after_it_ends():
     loader = make_loader()
     assert len(list(loader)) == 5
-    assert loader.state_dict() == {"epoch": 0, "batches": 5}
+    assert loader.state_dict() == {"epoch": 0, "batches": 5, "num_devices": 1}
 
 
 def test_with_two_workers_state_dict_counts_consumed_not_prefetched_batches():
@@ -98,7 +99,7 @@ def test_with_two_workers_state_dict_counts_consumed_not_prefetched_batches():
     loader = make_loader(num_workers=2)
     iterator = iter(loader)
     taken = [next(iterator).tolist() for _ in range(2)]
-    assert loader.state_dict() == {"epoch": 0, "batches": 2}
+    assert loader.state_dict() == {"epoch": 0, "batches": 2, "num_devices": 1}
     assert taken == epoch_batches(0)[:2]
     del iterator  # shut the workers down
 
@@ -112,25 +113,74 @@ def test_load_state_dict_resumes_with_the_uninterrupted_passs_remaining_batches(
     assert as_lists(loader) == full[consumed:]
     # The count goes on from the skipped batches: a second kill in this pass
     # must save the position in the whole epoch, not in the shortened pass.
-    assert loader.state_dict() == {"epoch": 2, "batches": 5}
+    assert loader.state_dict() == {"epoch": 2, "batches": 5, "num_devices": 1}
 
 
 def test_the_pass_after_a_resumed_one_is_whole_again():
     loader = make_loader()
     loader.batch_sampler.sampler.set_epoch(1)
-    loader.load_state_dict({"epoch": 1, "batches": 3})
+    loader.load_state_dict({"epoch": 1, "batches": 3, "num_devices": 1})
     assert as_lists(loader) == epoch_batches(1)[3:]
     loader.batch_sampler.sampler.set_epoch(2)
     assert as_lists(loader) == epoch_batches(2)
-    assert loader.state_dict() == {"epoch": 2, "batches": 5}
+    assert loader.state_dict() == {"epoch": 2, "batches": 5, "num_devices": 1}
+
+
+def device_loader(num_devices: int, rank: int) -> ResumableDataLoader:
+    sampler = EpochShuffleSampler(NUM_EXAMPLES, seed=7)
+    batches = ResumableBatchSampler(sampler, BATCH_SIZE, drop_last=False, num_devices=num_devices, rank=rank)
+    return ResumableDataLoader(list(range(NUM_EXAMPLES)), batch_sampler=batches)
+
+
+def test_a_resume_on_another_device_count_skips_the_same_global_batches():
+    # Two devices had 2 batches each: the epoch's first 4 global batches. One device
+    # resumes after all 4 of them; a third pair of devices would skip 2 each.
+    state = {"epoch": 0, "batches": 2, "num_devices": 2}
+    one = device_loader(1, 0)
+    one.load_state_dict(state)
+    assert as_lists(one) == epoch_batches(0)[4:]
+    # Back from one device to two: 4 batches trained are 2 per device.
+    two = device_loader(2, 0)
+    two.load_state_dict({"epoch": 0, "batches": 4, "num_devices": 1})
+    iterator = iter(two)
+    next(iterator)
+    assert two.state_dict() == {"epoch": 0, "batches": 3, "num_devices": 2}
+
+
+def test_a_resume_that_another_device_count_cannot_share_evenly_is_refused():
+    loader = device_loader(2, 0)
+    loader.load_state_dict({"epoch": 0, "batches": 3, "num_devices": 1})
+    with pytest.raises(ConfigError, match="3 batches of this epoch over 1 device"):
+        list(loader)
+
+
+def test_lightnings_batch_counts_follow_the_loader_to_another_device_count():
+    # Two devices had trained 4 batches each, the checkpoint written as the 4th ended
+    # (Lightning counts it ready but not completed): on one device that is 8 and 7.
+    progress = {"ready": 4, "completed": 3, "started": 4, "processed": 4}
+    checkpoint = {
+        "loops": {
+            "fit_loop": {
+                "state_dict": {"combined_loader": [{"epoch": 0, "batches": 4, "num_devices": 2}]},
+                "epoch_loop.batch_progress": {"current": dict(progress), "total": {**progress, "ready": 10}},
+            }
+        }
+    }
+    count_batches_on(checkpoint, 1)
+    counts = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert counts["current"] == {"ready": 8, "completed": 7, "started": 8, "processed": 8}
+    assert counts["total"]["ready"] == 14
+    # On the device count it was written with, nothing changes.
+    count_batches_on(checkpoint, 2)
+    assert counts["current"]["ready"] == 8
 
 
 def test_state_dict_of_a_resumed_pass_counts_the_skipped_batches_as_consumed():
     loader = make_loader()
-    loader.load_state_dict({"epoch": 0, "batches": 2})
+    loader.load_state_dict({"epoch": 0, "batches": 2, "num_devices": 1})
     iterator = iter(loader)
     next(iterator)
-    assert loader.state_dict() == {"epoch": 0, "batches": 3}
+    assert loader.state_dict() == {"epoch": 0, "batches": 3, "num_devices": 1}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -148,17 +198,17 @@ def test_set_epoch_after_iter_but_before_the_first_batch_still_decides_the_order
 def test_a_resumed_pass_with_set_epoch_after_iter_yields_the_remaining_batches(num_workers):
     # The order Lightning uses on resume: load_state_dict, iter(), set_epoch, next().
     loader = make_loader(num_workers=num_workers)
-    loader.load_state_dict({"epoch": 3, "batches": 1})
+    loader.load_state_dict({"epoch": 3, "batches": 1, "num_devices": 1})
     iterator = iter(loader)
     loader.batch_sampler.sampler.set_epoch(3)
     assert as_lists(iterator) == epoch_batches(3)[1:]
-    assert loader.state_dict() == {"epoch": 3, "batches": 5}
+    assert loader.state_dict() == {"epoch": 3, "batches": 5, "num_devices": 1}
 
 
 def test_a_saved_position_of_another_epoch_is_not_applied():
     # A checkpoint written on epoch 0's last batch is resumed at the start of epoch 1.
     loader = make_loader()
-    loader.load_state_dict({"epoch": 0, "batches": 5})
+    loader.load_state_dict({"epoch": 0, "batches": 5, "num_devices": 1})
     loader.batch_sampler.sampler.set_epoch(1)
     assert as_lists(loader) == epoch_batches(1)
 
@@ -167,7 +217,7 @@ def test_skipped_batches_are_never_loaded():
     dataset = RecordingDataset(NUM_EXAMPLES)
     loader = make_loader(dataset=dataset)
     loader.batch_sampler.sampler.set_epoch(1)
-    loader.load_state_dict({"epoch": 1, "batches": 3})
+    loader.load_state_dict({"epoch": 1, "batches": 3, "num_devices": 1})
     batches = as_lists(loader)
     remaining = [index for batch in epoch_batches(1)[3:] for index in batch]
     assert batches == epoch_batches(1)[3:]
@@ -178,7 +228,7 @@ def test_the_length_stays_the_whole_pass_after_load_state_dict():
     # Lightning adds the batches already trained to its own count on resume, so a
     # shortened len() would end the resumed epoch early.
     loader = make_loader()
-    loader.load_state_dict({"epoch": 0, "batches": 3})
+    loader.load_state_dict({"epoch": 0, "batches": 3, "num_devices": 1})
     assert len(loader) == 5
 
 
@@ -217,9 +267,9 @@ def test_lightning_reinstantiation_with_a_distributed_sampler_keeps_both_resumab
     assert (rebuilt.batch_sampler.batch_size, rebuilt.batch_sampler.drop_last) == (BATCH_SIZE, False)
     assert as_lists(rebuilt) == [[1, 3], [5, 7], [9]]
     # The skip counts this device's batches.
-    rebuilt.load_state_dict({"epoch": 0, "batches": 1})
+    rebuilt.load_state_dict({"epoch": 0, "batches": 1, "num_devices": 1})
     assert as_lists(rebuilt) == [[5, 7], [9]]
-    assert rebuilt.state_dict() == {"epoch": 0, "batches": 3}
+    assert rebuilt.state_dict() == {"epoch": 0, "batches": 3, "num_devices": 1}
 
 
 class RecordingModule(lightning.LightningModule):

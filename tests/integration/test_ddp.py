@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers.tiny import assert_same_adapter, run_tiny
-
-REPO = Path(__file__).resolve().parents[2]
-ROWS = 41
+from tests.helpers.epoch import ADAPTER, fit_epoch, run_fit
+from tests.helpers.tiny import assert_same_adapter
 
 # The data settings of each sampling mode, given the file of 41 examples (or two for a mix).
 MODES = {
@@ -39,40 +35,12 @@ MODES = {
 }
 
 
-def run_fit(root: Path, devices: int, *extra: str) -> subprocess.CompletedProcess:
-    """``fit`` on configs/tiny.yaml in its own process(es): one, or ``devices`` under DDP on gloo."""
-    if devices > 1:
-        extra = ("--trainer.devices", str(devices), "--trainer.strategy", "ddp", *extra)
-    return run_tiny("fit", root, *extra)
-
-
-def fit(root: Path, data: list[str], devices: int) -> Path:
-    """One epoch without dropout at the effective batch of 8 examples (or packs); the adapter's file."""
-    done = run_fit(
-        root,
-        devices,
-        *("--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--model.lora.dropout", "0.0"),
-        *("--data.batch_size", "4", "--trainer.accumulate_grad_batches", str(2 // devices)),
-        *data,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return root / "adapter" / "adapter_model.safetensors"
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    folder = tmp_path_factory.mktemp("ddp_data")
-    lines = (REPO / "data/quickstart/train.jsonl").read_text().splitlines(keepends=True)
-    train, extra = folder / "train.jsonl", folder / "extra.jsonl"
-    train.write_text("".join(lines[:ROWS]))
-    extra.write_text("".join(lines[ROWS : ROWS + 13]))
-    return str(train), str(extra)
-
-
 @pytest.mark.parametrize("mode", MODES)
-def test_two_devices_train_what_one_device_with_twice_the_accumulation_trains(tmp_path, files, mode):
-    data = MODES[mode](*files)
-    one, two = load_file(fit(tmp_path / "one", data, 1)), load_file(fit(tmp_path / "two", data, 2))
+def test_two_devices_train_what_one_device_with_twice_the_accumulation_trains(tmp_path, epoch_files, request, mode):
+    data = MODES[mode](*epoch_files)
+    # The plain two-device run is shared with the sharded tests (tests/integration/conftest.py).
+    two = request.getfixturevalue("ddp_epoch") / ADAPTER if mode == "plain" else fit_epoch(tmp_path / "two", data, 2)
+    one, two = load_file(fit_epoch(tmp_path / "one", data, 1)), load_file(two)
     assert one.keys() == two.keys()
     difference = max((one[name] - two[name]).abs().max().item() for name in one)
     print(f"{mode}: max abs adapter difference, 1 vs 2 devices: {difference:.3g}")

@@ -183,7 +183,9 @@ def test_checkpoint_holds_only_the_adapter_and_loads_into_a_fresh_module(tiny_mo
 
 
 def test_missing_model_path_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="model.model_name_or_path: '.*nope' is not a folder"):
+    with pytest.raises(
+        ConfigError, match="model.model_name_or_path: '.*nope' is a local path, and .*nope does not exist"
+    ):
         LoRAModule(str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="gguf_file: 'x.gguf' is not in"):
         LoRAModule(str(tmp_path), gguf_file="x.gguf")

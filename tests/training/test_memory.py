@@ -76,6 +76,18 @@ def test_every_component_is_exact_for_a_small_shape():
     assert estimate.after_loading == estimate.total - estimate.base_weights - estimate.adapter
 
 
+def test_sharded_weights_and_optimizer_state_count_one_devices_share():
+    whole = estimate_memory(SHAPE, 2, 8, NF4, optimizer_bytes=4_000, gradient_checkpointing=True)
+    sharded = estimate_memory(
+        SHAPE, 2, 8, NF4, optimizer_bytes=4_000, gradient_checkpointing=True, weight_shards=4, optimizer_shards=4
+    )
+    layers = 1_000_000 * (0.5 + 1 / 64 + 4 / 16384)
+    # A quarter of the base, plus one of its 2 decoder layers gathered whole while it runs.
+    assert sharded.base_weights == round(whole.base_weights / 4 + layers / 2)
+    assert sharded.optimizer == 1_000
+    assert (sharded.adapter, sharded.activations) == (whole.adapter, whole.activations)
+
+
 def test_unquantized_weights_stay_in_the_compute_dtype():
     bf16 = QuantizationSettings(mode="none", compute_dtype="bfloat16")
     estimate = estimate_memory(SHAPE, 1, 8, bf16, optimizer_bytes=0, gradient_checkpointing=True)
