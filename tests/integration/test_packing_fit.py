@@ -57,7 +57,7 @@ def test_packed_fit_resumed_mid_epoch_ends_like_the_uninterrupted_run(tmp_path, 
     # Step 6 is after batch 12 of 16: the resumed run trains batches 13-16 of the same packing.
     middle = tmp_path / "whole" / "checkpoints" / "step6.ckpt"
     loader_state = torch.load(middle, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert loader_state == [{"epoch": 0, "batches": 12}] and len(loader) == 16
+    assert loader_state == [{"epoch": 0, "batches": 12, "num_devices": 1}] and len(loader) == 16
     resumed = fit(tmp_path / "resumed", "--ckpt_path", str(middle))
     assert resumed.trainer.global_step == whole.trainer.global_step
     expected = {name: p for name, p in whole.model.named_parameters() if p.requires_grad}
@@ -78,7 +78,7 @@ def test_split_packed_fit_resumed_mid_epoch_ends_like_the_uninterrupted_run(tmp_
     # Step 6 is after batch 12 of 14: the resumed run trains batches 13-14 of the same packs.
     middle = tmp_path / "whole" / "checkpoints" / "step6.ckpt"
     loader_state = torch.load(middle, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert loader_state == [{"epoch": 0, "batches": 12}]
+    assert loader_state == [{"epoch": 0, "batches": 12, "num_devices": 1}]
     resumed = fit(tmp_path / "resumed", *split, "--ckpt_path", str(middle))
     assert resumed.trainer.global_step == whole.trainer.global_step
     expected = {name: p for name, p in whole.model.named_parameters() if p.requires_grad}
