@@ -103,8 +103,10 @@ class LitLoraCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        # The config alone first: a strategy that cannot run is refused before the disk is touched.
+        check_strategy(config.trainer, config.model.init_args.as_dict(), config.data.get("init_args", {}))
         folder = checkpoint_folder(config)
-        # Locked first, so that no other writer can start between the check below and training.
+        # Locked next, so that no other writer can start between the check below and training.
         run_lock.acquire_all({"trainer.default_root_dir": run_folder(config), "checkpoint.dirpath": folder})
         check_run_sources(self.subcommand, config, folder)
         if self.subcommand == "fit" and config.ckpt_path is None and any(folder.glob("*.ckpt")):
@@ -113,7 +115,6 @@ class LitLoraCLI(LightningCLI):
                 "would overwrite. Resume it with --ckpt_path last, or set another trainer.default_root_dir."
             )
         self._adapter_as_ckpt_path(config)
-        check_strategy(config.trainer, config.model.init_args.as_dict(), config.data.get("init_args", {}))
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
