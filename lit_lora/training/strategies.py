@@ -244,8 +244,9 @@ def whole_trainable_weights(strategy: Any, module: torch.nn.Module) -> Iterator[
     if strategy_kind(strategy).family == "deepspeed" and strategy_kind(strategy).shards_weights:
         import deepspeed
 
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+        from lit_lora.training.sharded_base import trainable_parameters
+
+        with deepspeed.zero.GatheredParameters(trainable_parameters(module), modifier_rank=None):
             yield
     else:
         yield
