@@ -1,17 +1,28 @@
 """lit_lora against transformers ``Trainer`` + PEFT + bitsandbytes, on the same model, data and recipe.
 
-One invocation trains twice, each stack in a child process of its own so that its
-peak memory is its own: lit_lora through its CLI with ``configs/benchmark.yaml``, and
-the peer written the way the transformers/PEFT documentation shows it, with every
-number read from the same YAML file so the two cannot drift apart. Both load the
-same dequantized copy of the GGUF model that lit_lora caches, train on the same
-examples with the same label masks, and are validated afterwards by one shared
-function. The table goes to stdout and, by default, into ``docs/benchmarks.md``,
-replacing only the section of the device and precision it ran in. Where the device
-multiplies in the config's bfloat16 slower than in float32 (CPUs without AMX or
-AVX512-BF16), both stacks train in float32 instead (``--precision``).
+Each stack trains in a child process of its own, so that its peak memory and its
+start-up are its own: lit_lora through its CLI with ``configs/benchmark.yaml`` (the
+recipe, with no performance setting: what a user gets by default), and the peer
+written the way the transformers/PEFT documentation shows it, with every number read
+from the same YAML file so the two cannot drift apart. The peer runs twice: with
+glibc's default heap, as its users get it, and with the heap settings ``python -m
+lit_lora`` starts CPU training with, which separates what the framework gains from
+what the allocator gains. Both stacks load the same dequantized copy of the GGUF
+model that lit_lora caches, train on the same examples with the same label masks,
+save the adapter, and are then validated by one shared function.
 
-    python scripts/benchmark.py                  # the full epoch, both stacks
+Times run from the launch of a stack's process: start-up (interpreter, imports,
+tokenization, model load and quantization) to the first batch, the training loop,
+and the rest to the saved adapter. ``--profiles`` trains on three tasks of different
+length profiles that the script generates itself (``scripts/benchmark_profiles.py``)
+instead of the config's data. The tables go to stdout and, by default, into
+``docs/benchmarks.md``, replacing only the section of the device, precision and data
+they ran in. Where the device multiplies in the config's bfloat16 slower than in
+float32 (CPUs without AMX or AVX512-BF16), both stacks train in float32 instead
+(``--precision``).
+
+    python scripts/benchmark.py --profiles all   # the three generated tasks, every stack
+    python scripts/benchmark.py                  # the quickstart data
     python scripts/benchmark.py --max_steps 3 --output none
 """
 
@@ -36,10 +47,17 @@ from typing import Any
 import torch
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_profiles import PROFILES, write_profile  # noqa: E402  (scripts/ is no package)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/benchmark.yaml"
 DEFAULT_OUTPUT = "docs/benchmarks.md"
-STACKS = ("lit_lora", "peer")
+# The peer twice: as its users run it (glibc's default heap), and with the heap settings
+# `python -m lit_lora` starts CPU training with, which separates what the framework
+# gains from what the allocator gains.
+STACKS = ("lit_lora", "peer", "peer_heap")
+STACK_LABELS = {"lit_lora": "lit_lora", "peer": "peer", "peer_heap": "peer, lit_lora's heap"}
 IGNORE_INDEX = -100
 # The line a child prints its measurements on, so the parent can tell it from logs.
 RESULT_PREFIX = "BENCHMARK_RESULT "
@@ -61,11 +79,14 @@ SCHEDULER_NAMES = {
 }
 # (key, label, format) of each table row, in order; ratios are lit_lora / peer.
 ROWS = (
-    ("supervised_tokens_per_s", "supervised tokens/s (headline)", "{:,.1f}"),
-    ("tokens_per_s", "tokens/s (non-pad)", "{:,.1f}"),
+    ("whole_s", "whole process: launch to exported adapter (s)", "{:,.1f}"),
+    ("startup_s", "start-up: launch to first batch (s)", "{:,.1f}"),
+    ("imports_s", "of the start-up, interpreter and imports (s)", "{:,.1f}"),
+    ("train_loop_s", "training loop (s)", "{:,.1f}"),
+    ("after_loop_s", "after the loop: adapter export, teardown (s)", "{:,.1f}"),
+    ("supervised_tokens_per_s", "supervised tokens/s over the loop", "{:,.1f}"),
+    ("tokens_per_s", "tokens/s over the loop (non-pad)", "{:,.1f}"),
     ("mfu", "MFU", "{:.2%}"),
-    ("train_loop_s", "training loop time (s)", "{:,.2f}"),
-    ("wall_s", "total wall time of the process (s)", "{:,.2f}"),
     ("peak_memory_mib", "peak memory (MiB)", "{:,.0f}"),
     ("steps", "optimizer steps", "{:,.0f}"),
     ("supervised_tokens", "supervised tokens trained", "{:,.0f}"),
@@ -263,6 +284,9 @@ class TrainingMeter:
         self.step_losses: list[torch.Tensor] = []
         self.start: float | None = None
         self.end: float | None = None
+        # Wall-clock twins of start and end, comparable with the parent's launch time.
+        self.start_unix: float | None = None
+        self.end_unix: float | None = None
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -277,6 +301,7 @@ class TrainingMeter:
         """
         if self.start is None:
             self.start = self._now()
+            self.start_unix = time.time()
         self.supervised_tokens += (labels[:, 1:] != IGNORE_INDEX).sum()
         self.tokens += attention_mask.sum()
 
@@ -288,12 +313,15 @@ class TrainingMeter:
     def stop(self) -> None:
         """Stop the clock at the end of training."""
         self.end = self._now()
+        self.end_unix = time.time()
 
     def results(self, window: int) -> dict[str, Any]:
         """The measurements, with the train loss as the mean of the last ``window`` steps' losses."""
         last = self.step_losses[-window:]
         return {
             "train_loop_s": self.end - self.start,
+            "first_batch_unix": self.start_unix,
+            "loop_end_unix": self.end_unix,
             "steps": len(self.step_losses),
             "supervised_tokens": int(self.supervised_tokens),
             "tokens": int(self.tokens),
@@ -388,12 +416,16 @@ def run_lit_lora(config_path: str, folder: str, max_steps: int | None, device: t
     """
     from lit_lora.cli import main
 
+    imported = time.time()
     config = load_config(config_path)
     with tempfile.TemporaryDirectory(prefix="lit_lora_benchmark_") as root:
+        # fit ends with the adapter exported to <root>/adapter (lit_lora's default).
         cli = main(lit_lora_args(config_path, root, max_steps, device.type))
+        exported = time.time()
         meter_class = _lit_lora_meter_class()
         meter = next(cb for cb in cli.trainer.callbacks if isinstance(cb, meter_class)).meter
         results = meter.results(config["trainer"]["log_every_n_steps"])
+        results.update(imported_unix=imported, exported_unix=exported)
         tokenizer = peer_tokenizer(tokenizer_folder(config))
         results["val_loss"] = validate(cli.model.model, tokenizer, config, device)
     return results
@@ -515,6 +547,7 @@ def run_peer(config_path: str, folder: str, max_steps: int | None, device: torch
         max_steps: Stop after this many optimizer steps; ``None`` trains the epochs.
         device: The training device.
     """
+    import peft  # noqa: F401  (imported here so that the import time is counted as imports)
     from datasets import Dataset
     from transformers import (
         DataCollatorForSeq2Seq,
@@ -522,6 +555,7 @@ def run_peer(config_path: str, folder: str, max_steps: int | None, device: torch
         TrainerCallback,
     )
 
+    imported = time.time()
     config = load_config(config_path)
     data = init_args(config, "data")
     tokenizer = peer_tokenizer(tokenizer_folder(config))
@@ -558,7 +592,11 @@ def run_peer(config_path: str, folder: str, max_steps: int | None, device: torch
             callbacks=[StopClock()],
         )
         trainer.train()
+        # What a Trainer user keeps of a LoRA run: the adapter.
+        model.save_pretrained(os.path.join(output_dir, "adapter"))
+        exported = time.time()
     results = meter.results(trainer.args.logging_steps)
+    results.update(imported_unix=imported, exported_unix=exported)
     results["val_loss"] = validate(model, tokenizer, config, device)
     return results
 
@@ -573,7 +611,7 @@ def child_main(
     """Run one stack and print its measurements as one JSON line (:data:`RESULT_PREFIX`)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run = run_lit_lora if stack == "lit_lora" else run_peer
+    run = run_lit_lora if stack == "lit_lora" else run_peer  # peer_heap: the peer, another heap
     results = run(config_path, folder, max_steps, device)
     if device.type == "cuda":
         results["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -581,7 +619,7 @@ def child_main(
 
 
 # ---------------------------------------------------------------- the parent
-def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, Any]:
+def run_child(stack: str, args: argparse.Namespace, folder: str, config_path: str) -> dict[str, Any]:
     """Run one stack in a fresh process and return its measurements plus wall time and peak RSS.
 
     ``os.wait4`` returns the resource usage of that one child, so its peak RSS is not
@@ -593,17 +631,20 @@ def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, An
         "--stack",
         stack,
         "--config",
-        args.config,
+        config_path,
     ]
     command += ["--device", args.device, "--model_folder", folder]
     if args.max_steps is not None:
         command += ["--max_steps", str(args.max_steps)]
     # lit_lora's process starts with the glibc heap settings `python -m lit_lora` sets
-    # for itself; the peer's with the environment as it is.
+    # for itself on a CPU run; the peer's with the environment as it is, peer_heap's
+    # with lit_lora's settings.
     from lit_lora.training.heap import tuned_environ
 
-    environ = tuned_environ(os.environ) if stack == "lit_lora" else None
+    tuned = stack == "peer_heap" or (stack == "lit_lora" and args.device == "cpu")
+    environ = tuned_environ(os.environ) if tuned else None
     print(f"=== {stack}: {' '.join(command)}", flush=True)
+    launched = time.time()
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, env=environ)
     results = None
@@ -618,6 +659,11 @@ def run_child(stack: str, args: argparse.Namespace, folder: str) -> dict[str, An
     if process.returncode != 0 or results is None:
         raise SystemExit(f"benchmark: the {stack} run failed (exit status {process.returncode})")
     results["wall_s"] = wall
+    # The child's clock readings, from the moment it was launched.
+    results["imports_s"] = results.pop("imported_unix") - launched
+    results["startup_s"] = results.pop("first_batch_unix") - launched
+    results["after_loop_s"] = results["exported_unix"] - results.pop("loop_end_unix")
+    results["whole_s"] = results.pop("exported_unix") - launched
     if "peak_memory_bytes" not in results:
         results["peak_memory_bytes"] = usage.ru_maxrss * 1024  # kilobytes on Linux
     return results
@@ -704,17 +750,53 @@ def derive(results: dict[str, Any], flops_per_token: float, peak_flops: float) -
 
 
 def format_table(results: dict[str, dict[str, Any]], mfu_formula: str) -> str:
-    """A Markdown table, one row per metric, columns lit_lora, peer and their ratio."""
-    lines = [
-        "| metric | lit_lora | peer | lit_lora / peer |",
-        "| --- | ---: | ---: | ---: |",
-    ]
+    """A Markdown table, one row per metric: a column per stack that ran, then lit_lora / each peer."""
+    stacks = [stack for stack in STACKS if stack in results]
+    peers = [stack for stack in stacks if stack != "lit_lora" and "lit_lora" in results]
+    header = [STACK_LABELS[stack] for stack in stacks] + [f"lit_lora / {STACK_LABELS[peer]}" for peer in peers]
+    lines = ["| metric | " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(header)]
     for key, label, fmt in ROWS:
-        cells = [fmt.format(results[stack][key]) if stack in results else "" for stack in STACKS]
-        both = all(stack in results for stack in STACKS) and results["peer"][key]
-        ratio = f"{results['lit_lora'][key] / results['peer'][key]:.2f}" if both else ""
+        cells = [fmt.format(results[stack][key]) for stack in stacks]
+        cells += [ratio(results["lit_lora"][key], results[peer][key]) for peer in peers]
         name = f"{label} = {mfu_formula}" if key == "mfu" else label
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {ratio} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio(numerator: float, denominator: float) -> str:
+    """``numerator / denominator`` to two decimals, or empty where the denominator is 0."""
+    return f"{numerator / denominator:.2f}" if denominator else ""
+
+
+def format_summary(runs: dict[str, dict[str, Any]]) -> str:
+    """The headline of a ``--profiles`` run: per profile, how many times faster lit_lora ran than each peer.
+
+    Speed-ups are the peer's time over lit_lora's (above 1: lit_lora is faster);
+    memory and validation loss are lit_lora's over the peer's (below 1: lit_lora's is lower).
+    """
+    lines = [
+        "| profile | examples, tokens | whole process, x faster than peer (peer with lit_lora's heap) "
+        "| training loop, x faster | start-up s, lit_lora / peer | peak RSS, lit_lora / peer "
+        "| validation loss, lit_lora / peer |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, run in runs.items():
+        results = run["results"]
+        ours, peer = results.get("lit_lora"), results.get("peer")
+        if ours is None or peer is None:
+            continue
+        heap = results.get("peer_heap")
+        whole = f"{peer['whole_s'] / ours['whole_s']:.2f}x" + (
+            f" ({heap['whole_s'] / ours['whole_s']:.2f}x)" if heap else ""
+        )
+        lines.append(
+            f"| {name} | {run['examples']:,}, {ours['tokens']:,} | {whole} "
+            f"| {peer['train_loop_s'] / ours['train_loop_s']:.2f}x "
+            f"| {ours['startup_s']:.1f} / {peer['startup_s']:.1f} "
+            f"| {ours['peak_memory_mib']:,.0f} / {peer['peak_memory_mib']:,.0f} MiB "
+            f"({ours['peak_memory_mib'] / peer['peak_memory_mib']:.2f}) "
+            f"| {ours['val_loss']:.4f} / {peer['val_loss']:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -748,16 +830,17 @@ def machine_description(device: torch.device, peaks: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, device_type: str, dtype_name: str, body: str) -> None:
-    """Replace the section of ``device_type`` and ``dtype_name`` in ``path`` (create it if missing), keeping the rest.
+def write_section(path: Path, device_type: str, dtype_name: str, body: str, title: str = "") -> None:
+    """Replace the section of ``device_type``, ``dtype_name`` and ``title`` in ``path`` (create it if missing).
 
     Sections are delimited by HTML comments, so a CPU run never touches a CUDA
-    result, nor a float32 run a bfloat16 one; everything above
+    result, nor a float32 run a bfloat16 one, nor a ``--profiles`` run (``title``
+    ", length profiles") the quickstart-data one; everything above
     :data:`RESULTS_MARKER` is hand-written and kept.
     """
-    key = f"{device_type}-{dtype_name}"
+    key = f"{device_type}-{dtype_name}" + ("-profiles" if title else "")
     begin, end = f"<!-- benchmark:{key}:begin -->", f"<!-- benchmark:{key}:end -->"
-    section = f"{begin}\n## {SECTION_TITLES[device_type]}, {dtype_name}\n\n{body}\n{end}"
+    section = f"{begin}\n## {SECTION_TITLES[device_type]}, {dtype_name}{title}\n\n{body}\n{end}"
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{RESULTS_MARKER}\n"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
@@ -768,11 +851,56 @@ def write_section(path: Path, device_type: str, dtype_name: str, body: str) -> N
     path.write_text(text)
 
 
+def profile_config(config: dict[str, Any], profile: Any, directory: str) -> str:
+    """Write ``profile``'s data and a copy of ``config`` that trains on it; return the config's path.
+
+    Only the data files and ``data.max_length`` change: the recipe, and the absence of
+    any performance setting, stay as the config has them.
+    """
+    config = json.loads(json.dumps(config))  # a deep copy of plain YAML data
+    data = init_args(config, "data")
+    data.update(write_profile(profile, Path(directory) / profile.name))
+    data["max_length"] = profile.max_length
+    path = Path(directory) / f"benchmark_{profile.name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def run_stacks(args: argparse.Namespace, config_path: str, folder: str, flops_per_token: float, peak: float) -> dict:
+    """Run every stack of ``args.stacks`` on one config; return their measurements and lit_lora's estimate."""
+    results = {}
+    for stack in args.stacks:
+        results[stack] = run_child(stack, args, folder, config_path)
+        derive(results[stack], flops_per_token, peak)
+    data = init_args(load_config(config_path), "data")
+    examples = sum(1 for line in Path(data["train_file"]).read_text().splitlines() if line.strip())
+    return {
+        "results": results,
+        "predicted_peak_bytes": predicted_peak(config_path, args.max_steps),
+        "examples": examples,
+    }
+
+
+def memory_line(run: dict[str, Any]) -> str:
+    """lit_lora's predicted peak memory against the measured one."""
+    predicted, measured = run["predicted_peak_bytes"], run["results"].get("lit_lora", {}).get("peak_memory_bytes")
+    if predicted is None:
+        return "lit_lora peak memory: estimate unavailable"
+    if measured is None:
+        return f"lit_lora peak memory: predicted {predicted / 2**20:,.0f} MiB (lit_lora not run)"
+    return (
+        f"lit_lora peak memory: predicted {predicted / 2**20:,.0f} MiB, measured {measured / 2**20:,.0f} MiB "
+        f"(predicted / measured {predicted / measured:.2f})"
+    )
+
+
 def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
-    """Run the stacks, print the table and write it where ``--output`` says.
+    """Run the stacks, print the tables and write them where ``--output`` says.
 
     Returns:
-        ``{"results": {stack: metrics}, "table": markdown, "predicted_peak_bytes": int | None}``.
+        Without ``--profiles``: ``{"results": {stack: metrics}, "table": markdown,
+        "predicted_peak_bytes": int | None}``. With it: ``{"profiles": {name: that
+        same dict}, "summary": markdown}``.
     """
     config = load_config(args.config)
     folder = model_folder(config)
@@ -790,46 +918,52 @@ def parent_main(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
         )
         args.config = float32_config(config, workdir.name)
         config, dtype, dtype_name = load_config(args.config), torch.float32, "float32"
-    predicted = predicted_peak(args.config, args.max_steps)
     peak = peaks[dtype_name]
     n = model_flops_parameters(folder)
     # A frozen base gets no weight gradients: forward 2N + input gradients 2N per token.
     flops_per_token = 4 * n
     mfu_formula = f"4·N·tokens/s ÷ {dtype_name} mm peak, N = {n / 1e6:.1f}M"
-
-    results = {}
-    for stack in args.stacks:
-        results[stack] = run_child(stack, args, folder)
-        derive(results[stack], flops_per_token, peak)
-    table = format_table(results, mfu_formula)
-    measured = results.get("lit_lora", {}).get("peak_memory_bytes")
-    if predicted is None:
-        memory_line = "lit_lora peak memory: estimate unavailable"
-    elif measured is None:
-        memory_line = f"lit_lora peak memory: predicted {predicted / 2**20:,.0f} MiB (lit_lora not run)"
-    else:
-        memory_line = (
-            f"lit_lora peak memory: predicted {predicted / 2**20:,.0f} MiB, measured {measured / 2**20:,.0f} MiB "
-            f"(predicted / measured {predicted / measured:.2f})"
-        )
     notes = (
-        f"{memory_line}\n\n"
         "Peak memory: "
         + ("`torch.cuda.max_memory_allocated`" if device.type == "cuda" else "peak RSS of the stack's process")
-        + ". Final train loss: mean of the per-step losses over the last logging window "
-        "(`trainer.log_every_n_steps` steps). Validation loss: one shared function, token-weighted "
-        "over all supervised tokens of the validation file. Tokens/s over the training loop "
-        "(first batch to end of training). N: non-embedding parameters plus the output head; "
-        "attention and LoRA FLOPs are not counted, nor recomputation by gradient checkpointing."
+        + ". Times are wall-clock from the launch of the stack's process; the whole process ends when the "
+        "adapter is saved (both stacks are validated after that, by one shared function, outside these "
+        "times). Final train loss: mean of the per-step losses over the last logging window "
+        "(`trainer.log_every_n_steps` steps). Validation loss: token-weighted over all supervised tokens of "
+        "the validation file. Tokens/s over the training loop (first batch to end of training). N: "
+        "non-embedding parameters plus the output head; attention and LoRA FLOPs are not counted, nor "
+        "recomputation by gradient checkpointing."
     )
     command = " ".join(["python", "scripts/benchmark.py", *argv])
-    print(f"\n{table}\n\n{notes}\n")
+    header = f"{machine_description(device, peaks)}\n\nCommand: `{command}`\n\n"
+
+    if not args.profiles:
+        run = run_stacks(args, args.config, folder, flops_per_token, peak)
+        run["table"] = format_table(run["results"], mfu_formula)
+        text = f"{run['table']}\n\n{memory_line(run)}\n\n{notes}\n"
+        summary, title = run, ""
+    else:
+        runs = {}
+        for name in args.profiles:
+            print(f"=== profile {name}: {PROFILES[name].description}", flush=True)
+            run = run_stacks(args, profile_config(config, PROFILES[name], workdir.name), folder, flops_per_token, peak)
+            run["table"] = format_table(run["results"], mfu_formula)
+            runs[name] = run
+        text = (
+            format_summary(runs)
+            + "\n\n"
+            + "".join(
+                f"### {name}: {PROFILES[name].description}\n\n{run['table']}\n\n{memory_line(run)}\n\n"
+                for name, run in runs.items()
+            )
+            + f"{notes}\n"
+        )
+        summary, title = {"profiles": runs, "summary": format_summary(runs)}, ", length profiles"
+    print(f"\n{text}")
     if args.output is not None:
-        body = f"{machine_description(device, peaks)}\n\nCommand: `{command}`\n\n{table}\n\n{notes}\n"
-        write_section(Path(args.output), device.type, dtype_name, body)
-        print(f"benchmark: wrote the {SECTION_TITLES[device.type]}, {dtype_name} section of {args.output}")
+        write_section(Path(args.output), device.type, dtype_name, header + text, title)
+        print(f"benchmark: wrote the {SECTION_TITLES[device.type]}, {dtype_name}{title} section of {args.output}")
     workdir.cleanup()
-    summary = {"results": results, "table": table, "predicted_peak_bytes": predicted}
     if args.json is not None:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary
@@ -854,7 +988,18 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=STACKS,
         default=list(STACKS),
-        help="which stacks to run (default: both)",
+        help="which stacks to run: lit_lora, the peer as its users run it, and the peer with lit_lora's glibc "
+        "heap settings (default: all three)",
+    )
+    parser.add_argument(
+        "--profiles",
+        nargs="+",
+        choices=[*PROFILES, "all"],
+        default=None,
+        help="train on tasks this script generates instead of the config's data, one run of every stack per "
+        "profile: "
+        + "; ".join(f"{name}: {profile.description}" for name, profile in PROFILES.items())
+        + " (scripts/benchmark_profiles.py); 'all' for the three (default: the config's data)",
     )
     parser.add_argument(
         "--output",
@@ -892,6 +1037,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Entry point: the parent without ``--stack``, a child with it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.profiles is not None and "all" in args.profiles:
+        args.profiles = list(PROFILES)
     # The config's paths (model folder, data files) are relative to the repository.
     os.chdir(REPO)
     if args.stack is not None:

@@ -28,6 +28,7 @@ from lit_lora.model.gradient_checkpointing import (
     enable_gradient_checkpointing,
 )
 from lit_lora.model.inputs import model_inputs
+from lit_lora.model.length_split import overhead_tokens, split_by_length
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings, trainable_adapter
 from lit_lora.model.loss import head_loss_sum, probe_separable_head, token_loss_sum
@@ -280,6 +281,9 @@ class LoRAModule(EvaluationHooks, LightningModule):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The summed loss of a micro-batch and the count it is normalised by.
 
+        A padded batch whose lengths differ runs as sub-batches of similar length,
+        each cut to its longest row, where that saves more padding than the extra
+        passes cost (``lit_lora.model.length_split``): the same rows, the same sum.
         The output head scores only the supervised positions (see
         ``lit_lora.model.loss.head_loss_sum``) when the model allows it.
 
@@ -290,10 +294,17 @@ class LoRAModule(EvaluationHooks, LightningModule):
         Returns:
             ``(loss_sum, count)``; here summed token cross-entropy and supervised tokens.
         """
-        inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
-        if self.head_is_separable():
-            return head_loss_sum(self.hidden_states(*inputs), self.model.get_output_embeddings(), batch["labels"])
-        return token_loss_sum(self(*inputs), batch["labels"])
+        loss_sum, count = 0, 0
+        for part in split_by_length(batch, overhead_tokens(self.device)):
+            inputs = (part["input_ids"], part.get("attention_mask"), part.get("position_ids"))
+            if self.head_is_separable():
+                part_sum, part_count = head_loss_sum(
+                    self.hidden_states(*inputs), self.model.get_output_embeddings(), part["labels"]
+                )
+            else:
+                part_sum, part_count = token_loss_sum(self(*inputs), part["labels"])
+            loss_sum, count = loss_sum + part_sum, count + part_count
+        return loss_sum, count
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         filler = batch.pop(FILLER_KEY, False)

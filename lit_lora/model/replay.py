@@ -62,10 +62,16 @@ class ReplayQueue:
         self._values.append(value)
 
     def take(self) -> Any:
-        """The oldest value not yet taken."""
+        """The newest value not yet taken.
+
+        A micro-batch may run as several forward passes whose losses are summed
+        (``lit_lora.model.length_split``); autograd then runs the backward of the last
+        pass first (it orders ready nodes by creation, newest first), so its
+        recomputation takes the last value kept.
+        """
         if not self._values:
             raise RuntimeError(f"{self.owner}: recomputed without a value kept from the forward pass.")
-        return self._values.popleft()
+        return self._values.pop()
 
     def reset(self) -> None:
         """Forget values of earlier micro-batches."""
