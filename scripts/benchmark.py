@@ -523,10 +523,10 @@ def peer_model(config: dict[str, Any], folder: str, device: torch.device) -> Any
     base = AutoModelForCausalLM.from_pretrained(
         folder, quantization_config=bnb_config, dtype=dtype, device_map={"": device}
     )
-    # On for every lit_lora setting but false: the peer has no selective or auto mode.
+    # PEFT's default (on) unless the config turns lit_lora's off: the peer has no selective or auto mode.
     base = prepare_model_for_kbit_training(
         base,
-        use_gradient_checkpointing=checkpointing_enabled(model["gradient_checkpointing"]),
+        use_gradient_checkpointing=checkpointing_enabled(model.get("gradient_checkpointing", True)),
     )
     lora_config = LoraConfig(
         r=lora["r"],

@@ -6,9 +6,9 @@ synthetic, learnable chat tasks, seeded and deterministic, whose token counts (w
 SmolLM2's chat template, its default system prompt included) spread the way real
 instruction data does:
 
-- ``short``: short prompt, short answer (sort a few words), about 50-95 tokens.
+- ``short``: short prompt, short answer (sort a few words), about 45-80 tokens.
 - ``long_prompt``: a long prompt, a short answer (look a value up in an inventory of
-  10-68 lines), about 150-1,000 tokens with a one-number answer.
+  10-68 lines), about 200-1,000 tokens with a one-number answer.
 - ``long_answer``: a short prompt, a long answer (write one sentence for each of
   3-52 items), about 100-1,000 tokens, most of them supervised.
 
@@ -92,8 +92,8 @@ def describe_items(rng: random.Random) -> tuple[str, str]:
 PROFILES = {
     profile.name: profile
     for profile in (
-        Profile("short", "short prompt and answer (50-95 tokens)", sort_words, 320, 40, 128),
-        Profile("long_prompt", "long prompt, short answer (150-1,000 tokens)", inventory_lookup, 64, 16, 1024),
+        Profile("short", "short prompt and answer (45-80 tokens)", sort_words, 320, 40, 128),
+        Profile("long_prompt", "long prompt, short answer (200-1,000 tokens)", inventory_lookup, 64, 16, 1024),
         Profile("long_answer", "long answers (100-1,000 tokens)", describe_items, 64, 16, 1024),
     )
 }

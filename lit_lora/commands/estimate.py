@@ -234,7 +234,7 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         lambda size, mode: estimate(size, mode).total,
         data.batch_size,
         data.effective_batch_size,
-        checkpointing_modes(model.gradient_checkpointing, allows_selective(peft_model)),
+        checkpointing_modes(model.gradient_checkpointing, allows_selective(peft_model), cuda),
         int(SAFETY_FRACTION * available),
     )
     return PeakEstimate(

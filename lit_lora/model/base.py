@@ -92,9 +92,10 @@ class LoRAModule(EvaluationHooks, LightningModule):
             its cost, for ``sum(out_features)`` values per token and layer; 4-bit or
             unquantized bases. ``false``: keep everything, the fastest step.
             Measured costs: ``docs/benchmarks.md``.
-            ``auto`` takes the fastest of ``false``, ``selective`` and ``true`` that
+            ``auto`` takes the first of ``false``, ``selective`` and ``true`` that
             the memory estimate says fits (or fits the larger micro-batch with
-            ``data.batch_size: auto``). On CPU, ``true`` also hands freed heap pages
+            ``data.batch_size: auto``), starting at ``selective`` on CPU, where the
+            activations no checkpointing keeps cost time as well as memory. On CPU, ``true`` also hands freed heap pages
             back to the system before each layer (``lit_lora.training.heap``).
         optimizer: Optimizer factory, chosen in YAML with ``class_path`` (e.g.
             ``bitsandbytes.optim.PagedAdamW8bit``, ``bitsandbytes.optim.AdamW8bit``,

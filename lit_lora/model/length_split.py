@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import torch
 
 # What one more sub-batch costs, in padded tokens it must save to pay. On CPU a pass
-# is compute-bound from a few tokens a row on; on CUDA small sub-batches leave the GPU
-# idle behind kernel launches (docs/benchmarks.md has the CPU measurements).
-OVERHEAD_TOKENS = {"cpu": 64, "cuda": 4096}
+# through the layers costs what about 53 more tokens do (fitted over 12 batch shapes,
+# docs/benchmarks.md); on CUDA small sub-batches leave the GPU idle behind kernel
+# launches, so the price is set far higher (a guess: no GPU has measured it yet).
+OVERHEAD_TOKENS = {"cpu": 50, "cuda": 4096}
 
 
 def overhead_tokens(device: torch.device) -> int:

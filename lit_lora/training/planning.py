@@ -4,10 +4,10 @@
 Once the model is loaded, the run's memory is estimated (:mod:`lit_lora.training.memory`)
 and printed, and a warning names what to change when it will not fit.
 
-``gradient_checkpointing: auto`` recomputes activations only when memory needs it:
-when the run does not fit without it, or it lets ``batch_size: auto`` take a larger
-micro-batch; of the modes that do, it takes the fastest: off, then ``selective``,
-then full. Full checkpointing costs about one more forward pass per step, less
+``gradient_checkpointing: auto`` takes the first mode of :func:`checkpointing_modes`
+that fits, unless a later one lets ``batch_size: auto`` take a larger micro-batch:
+on CUDA the fastest first (off, then ``selective``, then full), on CPU ``selective``
+first. Full checkpointing costs about one more forward pass per step, less
 on CPU where ``lit_lora.model.replay`` replays the dropout masks; ``selective``
 also replays the base layers' products, for more memory (``docs/benchmarks.md``).
 
@@ -59,16 +59,26 @@ def largest_fitting_batch(need: Callable[[int], int], limit: int, budget: int) -
     return size
 
 
-def checkpointing_modes(setting: bool | str, selective: bool) -> tuple[bool | str, ...]:
-    """The checkpointing modes ``model.gradient_checkpointing: setting`` lets a run take, fastest first.
+def checkpointing_modes(setting: bool | str, selective: bool, cuda: bool) -> tuple[bool | str, ...]:
+    """The checkpointing modes ``model.gradient_checkpointing: setting`` lets a run take, preferred first.
+
+    On CUDA ``auto`` prefers the fastest mode that fits: off, then ``selective``, then
+    full. On CPU it starts at ``selective`` where the model allows it: within a few
+    percent of no checkpointing in time at about a third of its activations, and
+    activations cost time there too, since the pages of every step's freed tensors
+    are faulted in again (``docs/benchmarks.md``: on 8 x 1,000-token rows no
+    checkpointing took 1.5x the peer's peak memory, selective less than the peer).
 
     Args:
         setting: ``true``, ``false``, ``selective`` or ``auto``.
         selective: Whether the model allows ``selective`` (frozen 4-bit or plain base layers).
+        cuda: Whether the run trains on CUDA.
     """
     if setting != "auto":
         return (setting,)
-    return (False, "selective", True) if selective else (False, True)
+    if not selective:
+        return (False, True)
+    return (False, "selective", True) if cuda else ("selective", True)
 
 
 def plan_batch(
@@ -194,7 +204,7 @@ def check_memory(
         )
 
     # Evaluation keeps no activations for backward: checkpointing changes nothing.
-    modes = checkpointing_modes(gradient_checkpointing, selective) if training else (False,)
+    modes = checkpointing_modes(gradient_checkpointing, selective, device.type == "cuda") if training else (False,)
     micro, checkpointing = plan_batch(
         lambda size, mode: estimate(size, mode).after_loading,
         data.batch_size,

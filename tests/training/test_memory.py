@@ -315,8 +315,8 @@ def test_plan_batch_checkpoints_only_when_memory_needs_it():
     def need(size: int, checkpointing: bool) -> int:
         return 100 + size * (30 if checkpointing else 100)
 
-    auto = checkpointing_modes("auto", selective=False)
-    assert auto == (False, True)
+    auto = checkpointing_modes("auto", selective=False, cuda=False)
+    assert auto == (False, True) == checkpointing_modes("auto", selective=False, cuda=True)
     assert plan_batch(need, 4, 16, auto, budget=600) == (4, False)  # fits without
     assert plan_batch(need, 8, 16, auto, budget=600) == (8, True)  # only fits with
     assert plan_batch(need, 8, 16, auto, budget=100) == (8, True)  # fits neither way: the smaller need
@@ -332,10 +332,15 @@ def test_auto_takes_the_fastest_checkpointing_mode_that_fits():
     def need(size: int, mode: bool | str) -> int:
         return 100 + size * per_row[mode]
 
-    auto = checkpointing_modes("auto", selective=True)
+    auto = checkpointing_modes("auto", selective=True, cuda=True)
     assert auto == (False, "selective", True)
     assert plan_batch(need, 4, 16, auto, budget=600) == (4, False)
     assert plan_batch(need, 8, 16, auto, budget=600) == (8, "selective")
     assert plan_batch(need, 16, 16, auto, budget=600) == (16, True)
     assert plan_batch(need, "auto", 16, auto, budget=600) == (16, True)  # the larger micro-batch first
-    assert checkpointing_modes("selective", selective=True) == ("selective",)
+    assert checkpointing_modes("selective", selective=True, cuda=True) == ("selective",)
+    # On CPU selective first: what no checkpointing would keep costs time there too.
+    cpu = checkpointing_modes("auto", selective=True, cuda=False)
+    assert cpu == ("selective", True)
+    assert plan_batch(need, 4, 16, cpu, budget=600) == (4, "selective")
+    assert plan_batch(need, 16, 16, cpu, budget=600) == (16, True)
