@@ -96,7 +96,9 @@ def split_by_length(batch: dict[str, torch.Tensor], overhead_tokens: int) -> lis
         width = lengths[rows[0]]
         parts.append(
             {
-                key: value.index_select(0, index)[:, :width] if value.shape[:2] == shape else value.index_select(0, index)
+                key: value.index_select(0, index)[:, :width]
+                if value.shape[:2] == shape
+                else value.index_select(0, index)
                 for key, value in batch.items()
             }
         )
