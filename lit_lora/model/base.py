@@ -94,9 +94,9 @@ class LoRAModule(EvaluationHooks, LightningModule):
             Measured costs: ``docs/benchmarks.md``.
             ``auto`` takes the first of ``false``, ``selective`` and ``true`` that
             the memory estimate says fits (or fits the larger micro-batch with
-            ``data.batch_size: auto``), starting at ``selective`` on CPU, where the
-            activations no checkpointing keeps cost time as well as memory. On CPU, ``true`` also hands freed heap pages
-            back to the system before each layer (``lit_lora.training.heap``).
+            ``data.batch_size: auto``), starting at ``selective`` on CPU for its
+            lower peak memory. On CPU, ``true`` also hands freed heap pages back
+            to the system before each layer (``lit_lora.training.heap``).
         optimizer: Optimizer factory, chosen in YAML with ``class_path`` (e.g.
             ``bitsandbytes.optim.PagedAdamW8bit``, ``bitsandbytes.optim.AdamW8bit``,
             ``torch.optim.AdamW``) and ``init_args`` (lr, weight_decay, betas...). It

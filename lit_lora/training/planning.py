@@ -63,11 +63,10 @@ def checkpointing_modes(setting: bool | str, selective: bool, cuda: bool) -> tup
     """The checkpointing modes ``model.gradient_checkpointing: setting`` lets a run take, preferred first.
 
     On CUDA ``auto`` prefers the fastest mode that fits: off, then ``selective``, then
-    full. On CPU it starts at ``selective`` where the model allows it: within a few
-    percent of no checkpointing in time at about a third of its activations, and
-    activations cost time there too, since the pages of every step's freed tensors
-    are faulted in again (``docs/benchmarks.md``: on 8 x 1,000-token rows no
-    checkpointing took 1.5x the peer's peak memory, selective less than the peer).
+    full. On CPU, where a process's peak memory is the machine's, it starts at
+    ``selective`` where the model allows it: a step about 4% slower than off on short
+    rows and 13% on 1,000-token rows, for about a third of off's activations
+    (``docs/benchmarks.md``: 7,182 against 9,610 MiB peak on 8 x 1,000-token rows).
 
     Args:
         setting: ``true``, ``false``, ``selective`` or ``auto``.
