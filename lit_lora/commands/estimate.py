@@ -22,6 +22,7 @@ of every run after that one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from lit_lora.training.memory import (
 )
 from lit_lora.training.planning import (
     SAFETY_FRACTION,
+    CPU_MAX_GROWTH,
     checkpointing_modes,
     memory_verdict,
     plan_batch,
@@ -236,6 +238,7 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
         data.effective_batch_size,
         checkpointing_modes(model.gradient_checkpointing, allows_selective(peft_model), cuda),
         int(SAFETY_FRACTION * available),
+        max_growth=math.inf if cuda else CPU_MAX_GROWTH,
     )
     return PeakEstimate(
         estimate(batch_size, checkpointing),

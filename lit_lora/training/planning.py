@@ -6,8 +6,9 @@ and printed, and a warning names what to change when it will not fit.
 
 ``gradient_checkpointing: auto`` takes the first mode of :func:`checkpointing_modes`
 that fits, unless a later one lets ``batch_size: auto`` take a larger micro-batch:
-on CUDA the fastest first (off, then ``selective``, then full), on CPU ``selective``
-first. Full checkpointing costs about one more forward pass per step, less
+on CUDA the fastest first (off, then ``selective``, then full); on CPU ``selective``
+while it needs at most ``CPU_MAX_GROWTH`` times what full checkpointing needs, else
+full. Full checkpointing costs about one more forward pass per step, less
 on CPU where ``lit_lora.model.replay`` replays the dropout masks; ``selective``
 also replays the base layers' products, for more memory (``docs/benchmarks.md``).
 
@@ -44,6 +45,13 @@ from lit_lora.training.strategies import strategy_kind
 # leaves out (allocator fragmentation, temporary buffers, data loading).
 SAFETY_FRACTION = 0.9
 
+# On CPU a process's peak memory is taken from the whole machine, so ``auto`` trades
+# memory for time only while it is cheap: selective checkpointing (about 8% faster than
+# full on 1,000-token rows) is taken while its estimate is at most this many times full's.
+# Short rows keep selective (activations are a small part of the peak); long rows,
+# where selective doubles the peak, get full (docs/benchmarks.md).
+CPU_MAX_GROWTH = 1.25
+
 
 def largest_fitting_batch(need: Callable[[int], int], limit: int, budget: int) -> int:
     """The largest power of two up to ``limit`` whose need is within ``budget`` (at least 1).
@@ -66,7 +74,9 @@ def checkpointing_modes(setting: bool | str, selective: bool, cuda: bool) -> tup
     full. On CPU, where a process's peak memory is the machine's, it starts at
     ``selective`` where the model allows it: a step about 4% slower than off on short
     rows and 13% on 1,000-token rows, for about a third of off's activations
-    (``docs/benchmarks.md``: 7,182 against 9,610 MiB peak on 8 x 1,000-token rows).
+    (``docs/benchmarks.md``: 7,182 against 9,610 MiB peak on 8 x 1,000-token rows);
+    :func:`plan_batch` with ``max_growth=CPU_MAX_GROWTH`` then falls back to full where
+    selective would cost much more memory.
 
     Args:
         setting: ``true``, ``false``, ``selective`` or ``auto``.
@@ -86,6 +96,7 @@ def plan_batch(
     limit: int,
     modes: tuple[bool | str, ...],
     budget: int,
+    max_growth: float = math.inf,
 ) -> tuple[int, bool | str]:
     """Resolve ``batch_size`` and the checkpointing mode, either of which may be ``auto``.
 
@@ -96,6 +107,9 @@ def plan_batch(
         limit: ``data.effective_batch_size``, the largest micro-batch ``auto`` considers.
         modes: The checkpointing modes allowed, fastest first (:func:`checkpointing_modes`).
         budget: Bytes the run may need.
+        max_growth: The most a mode may need, as a multiple of what the last (most
+            memory-saving) mode needs at the same micro-batch; a mode above it counts as
+            not fitting. ``CPU_MAX_GROWTH`` on CPU, unbounded on CUDA.
 
     Returns:
         ``(micro_batch, checkpointing mode)``.
@@ -106,7 +120,7 @@ def plan_batch(
         if batch_size == "auto":
             size = largest_fitting_batch(lambda candidate, mode=mode: need(candidate, mode), limit, budget)
         bytes_needed = need(size, mode)
-        fits = bytes_needed <= budget
+        fits = bytes_needed <= budget and bytes_needed <= max_growth * need(size, modes[-1])
         # Fitting first, then the larger micro-batch, then (when nothing fits) the smaller
         # need; a tie keeps the first plan: the fastest mode.
         plans.append(((fits, size, 0 if fits else -bytes_needed), size, mode))
@@ -210,6 +224,7 @@ def check_memory(
         data.effective_batch_size,
         modes,
         budget,
+        max_growth=math.inf if device.type == "cuda" else CPU_MAX_GROWTH,
     )
     if gradient_checkpointing == "auto" and training:
         chosen = {False: "off", True: "on"}.get(checkpointing, checkpointing)

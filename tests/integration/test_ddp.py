@@ -21,17 +21,19 @@ from safetensors.torch import load_file
 from tests.helpers.epoch import ADAPTER, fit_epoch, run_fit
 from tests.helpers.tiny import assert_same_adapter
 
-# The data settings of each sampling mode, given the file of 41 examples (or two for a mix).
+# The data settings of each sampling mode, given the files of tests/integration/conftest.py.
 MODES = {
-    "plain": lambda train, extra: ["--data.train_file", train],
-    "grouped": lambda train, extra: ["--data.train_file", train, "--data.group_by_length", "true"],
-    "mixed": lambda train, extra: [
+    "plain": lambda train, extra, spread: ["--data.train_file", train],
+    "grouped": lambda train, extra, spread: ["--data.train_file", train, "--data.group_by_length", "true"],
+    # Batches of short and long rows, each run as length-sorted sub-batches on every device.
+    "split": lambda train, extra, spread: ["--data.train_file", spread, "--data.max_length", "192"],
+    "mixed": lambda train, extra, spread: [
         "--data.train_file",
         "null",
         "--data.mix",
         json.dumps([{"path": train, "weight": 2.0}, {"path": extra, "weight": 1.0}]),
     ],
-    "packed": lambda train, extra: ["--data.train_file", train, "--data.packing", "true"],
+    "packed": lambda train, extra, spread: ["--data.train_file", train, "--data.packing", "true"],
 }
 
 

@@ -18,7 +18,7 @@ from lit_lora import LoRAModule, LoRASettings, QuantizationSettings
 from lit_lora.cli import main
 from lit_lora.training.memory import checkpointing_enabled, estimate_memory
 from lit_lora.training.optim import default_optimizer
-from lit_lora.training.planning import checkpointing_modes, largest_fitting_batch, plan_batch
+from lit_lora.training.planning import CPU_MAX_GROWTH, checkpointing_modes, largest_fitting_batch, plan_batch
 from lit_lora.training.shape import (
     DEFAULT_OPTIMIZER,
     ModelShape,
@@ -344,3 +344,8 @@ def test_auto_takes_the_fastest_checkpointing_mode_that_fits():
     assert cpu == ("selective", True)
     assert plan_batch(need, 4, 16, cpu, budget=600) == (4, "selective")
     assert plan_batch(need, 16, 16, cpu, budget=600) == (16, True)
+    # ... while selective needs at most CPU_MAX_GROWTH (1.25) times full's memory: 150
+    # against 130 at one row, 300 against 220 (1.36 times) at four.
+    assert CPU_MAX_GROWTH == 1.25
+    assert plan_batch(need, 1, 16, cpu, budget=600, max_growth=CPU_MAX_GROWTH) == (1, "selective")
+    assert plan_batch(need, 4, 16, cpu, budget=600, max_growth=CPU_MAX_GROWTH) == (4, True)
