@@ -52,8 +52,8 @@ from lit_lora.training.memory import (
     weight_file_bytes,
 )
 from lit_lora.training.planning import (
-    SAFETY_FRACTION,
     CPU_MAX_GROWTH,
+    SAFETY_FRACTION,
     checkpointing_modes,
     memory_verdict,
     plan_batch,
