@@ -17,16 +17,25 @@ from collections.abc import Sequence
 
 import torch
 
-# What one more sub-batch costs, in padded tokens it must save to pay. On CPU a pass
-# through the layers costs what about 53 more tokens do (fitted over 12 batch shapes,
-# docs/benchmarks.md); on CUDA small sub-batches leave the GPU idle behind kernel
-# launches, so the price is set far higher (a guess: no GPU has measured it yet).
-OVERHEAD_TOKENS = {"cpu": 50, "cuda": 4096}
+# What one more sub-batch costs, in padded tokens it must save to pay: a pass through
+# the layers has a fixed cost (NF4 dequantization, and under autocast a cast of every
+# weight, kernel launches, autograd bookkeeping). Fitted on CPU over forward and
+# backward of 10 shapes from 1 x 32 to 8 x 256 (docs/benchmarks.md): float32 about 53
+# tokens (AMD EPYC) and 64 (Intel Xeon); bf16 autocast 153 (the Xeon, AMX). On CUDA
+# small sub-batches leave the GPU idle behind kernel launches, so the price is set far
+# higher (a guess: no GPU has measured it yet).
+OVERHEAD_TOKENS = {"cpu": 60, "cpu-autocast": 150, "cuda": 4096}
 
 
 def overhead_tokens(device: torch.device) -> int:
-    """What one more sub-batch costs on ``device``, in padded tokens; accelerators other than CUDA count as CUDA."""
-    return OVERHEAD_TOKENS["cpu" if device.type == "cpu" else "cuda"]
+    """What one more sub-batch costs on ``device`` in the current precision, in padded tokens.
+
+    Accelerators other than CUDA count as CUDA; on CPU the price under autocast (mixed
+    precision, as ``training_step`` runs) is the ``cpu-autocast`` one.
+    """
+    if device.type != "cpu":
+        return OVERHEAD_TOKENS["cuda"]
+    return OVERHEAD_TOKENS["cpu-autocast" if torch.is_autocast_enabled("cpu") else "cpu"]
 
 
 def right_padded_lengths(attention_mask: torch.Tensor) -> list[int] | None:

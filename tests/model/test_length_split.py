@@ -7,7 +7,7 @@ import torch
 
 from lit_lora import LoRASettings, QuantizationSettings
 from lit_lora.model import length_split
-from lit_lora.model.length_split import plan_sub_batches, right_padded_lengths, split_by_length
+from lit_lora.model.length_split import overhead_tokens, plan_sub_batches, right_padded_lengths, split_by_length
 from tests.helpers.modules import build, lora_grads
 
 
@@ -34,6 +34,15 @@ def test_the_plan_minimises_padded_tokens_plus_the_price_of_each_sub_batch():
     assert plan_sub_batches([10, 100, 12, 95], overhead_tokens=200) == [[0, 1, 2, 3]]
     assert plan_sub_batches([7, 7, 7], overhead_tokens=0) == [[0, 1, 2]]
     assert plan_sub_batches([5], overhead_tokens=0) == [[0]]
+
+
+def test_the_price_of_a_sub_batch_depends_on_device_and_autocast():
+    cpu = torch.device("cpu")
+    assert overhead_tokens(cpu) == length_split.OVERHEAD_TOKENS["cpu"] == 60
+    # Under autocast every pass also casts the weights: a higher price.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert overhead_tokens(cpu) == length_split.OVERHEAD_TOKENS["cpu-autocast"] == 150
+    assert overhead_tokens(torch.device("cuda", 0)) == overhead_tokens(torch.device("mps")) == 4096
 
 
 def test_only_right_padded_rows_have_lengths():
