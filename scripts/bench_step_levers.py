@@ -82,7 +82,9 @@ def measure(profile: str, steps: int, variant: dict, checkpointing: bool | str, 
     module = LoRAModule(
         MODEL,
         gguf_file=GGUF_FILE,
-        quantization=QuantizationSettings(mode="nf4", double_quant=True, compute_dtype=str(dtype).removeprefix("torch.")),
+        quantization=QuantizationSettings(
+            mode="nf4", double_quant=True, compute_dtype=str(dtype).removeprefix("torch.")
+        ),
         lora=LoRASettings(r=16, alpha=32, dropout=0.05, target_modules="all-linear"),
         gradient_checkpointing=checkpointing,
     )
