@@ -9,6 +9,8 @@ forward and backward of ``compute_loss`` on batches shaped like a length profile
 - ``threads``: ``torch.set_num_threads`` (intra-op threads) at 1 and at every core;
 - ``compile``: ``torch.compile`` of each decoder layer (inductor, dynamic shapes),
   with its compile time counted separately from the steps after it;
+- ``attention``: transformers' eager attention (explicit matmuls and softmax)
+  against its default, PyTorch's ``scaled_dot_product_attention``;
 - ``split``: the sub-batch split by length (``lit_lora.model.length_split``) off
   (one pass over the padded batch) against its default price.
 
@@ -49,6 +51,7 @@ VARIANTS = {
     "threads_1": {"threads": 1},
     "compile": {"compile": True},
     "no_split": {"split": False},
+    "eager_attention": {"attention": "eager"},
 }
 
 
@@ -87,11 +90,12 @@ def measure(profile: str, steps: int, variant: dict, checkpointing: bool | str, 
         ),
         lora=LoRASettings(r=16, alpha=32, dropout=0.05, target_modules="all-linear"),
         gradient_checkpointing=checkpointing,
+        attn_implementation=variant.get("attention"),
     )
     # Without a trainer this applies ``checkpointing`` as given (no memory plan).
     module.configure_model()
     if dtype != torch.float32:
-        module.skip_adapter_input_casts()  # as fit does under mixed precision
+        module.run_adapters_in_autocast_dtype()  # as fit does under mixed precision
     if variant.get("compile"):
         for layer in module.model.get_base_model().get_decoder().layers:
             layer.compile(dynamic=True)

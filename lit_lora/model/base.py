@@ -11,7 +11,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
 from lit_lora.artifacts.adapter_dir import check_adapter_dir
@@ -32,6 +31,7 @@ from lit_lora.model.length_split import overhead_tokens, split_by_length
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings, trainable_adapter
 from lit_lora.model.loss import head_loss_sum, probe_separable_head, token_loss_sum
+from lit_lora.model.mixed_precision import run_adapters_in_autocast_dtype
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import ReplayQueue
 from lit_lora.model.trained_on import store_record
@@ -199,22 +199,20 @@ class LoRAModule(EvaluationHooks, LightningModule):
                 selective,
             )
         if self._trainer is not None and str(self.trainer.precision).endswith("-mixed"):
-            self.skip_adapter_input_casts()
+            self.run_adapters_in_autocast_dtype()
         self._replays = enable_gradient_checkpointing(self.model, checkpointing)
         device = next(self.model.parameters()).device
         for split in ("val", "test"):
             self.split_metrics[split] = self.build_eval_metrics().to(device)
 
-    def skip_adapter_input_casts(self) -> None:
-        """Let adapter inputs keep their autocast dtype instead of PEFT's cast to float32.
+    def run_adapters_in_autocast_dtype(self) -> None:
+        """Run the adapted layers in the autocast dtype under mixed precision, as plain layers would.
 
-        Under autocast the next matmul casts them back: a float32 copy of every adapter
-        input and of its dropout for nothing (measured in ``docs/benchmarks.md``).
-        Only for mixed precision: without autocast the cast is what makes the dtypes match.
+        Without it PEFT and bitsandbytes keep an adapted layer's float32 input, and its
+        output, in float32 (:mod:`lit_lora.model.mixed_precision`). Only for mixed
+        precision: without autocast nothing is cast.
         """
-        for layer in self.model.modules():
-            if isinstance(layer, BaseTunerLayer):
-                layer.cast_input_dtype_enabled = False
+        run_adapters_in_autocast_dtype(self.model)
 
     def build_base_model(self) -> PreTrainedModel:
         """Load the frozen base model, quantized, on this process's device."""

@@ -273,10 +273,14 @@ def test_a_model_that_scales_its_logits_falls_back_to_the_full_head(tiny_model_d
     assert not probe_separable_head(module.model, module.hidden_states)
 
 
-def test_under_autocast_adapter_inputs_skip_the_float32_cast_and_the_loss_is_unchanged(tiny_model_dir):
+def test_under_autocast_adapted_layers_run_in_bfloat16_and_the_loss_is_unchanged(tiny_model_dir):
     module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4", compute_dtype="bfloat16"))
     module.train()
     data = batch(4, 2, 16, [5, 9], module.model.config.vocab_size)
+    layers = module.model.base_model.model.model.layers[0]
+    outputs = {}
+    for name, layer in (("q_proj", layers.self_attn.q_proj), ("gate_proj", layers.mlp.gate_proj)):
+        layer.register_forward_hook(lambda _, args, out, name=name: outputs.update({name: (args[0].dtype, out.dtype)}))
 
     def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         module.zero_grad()
@@ -286,10 +290,17 @@ def test_under_autocast_adapter_inputs_skip_the_float32_cast_and_the_loss_is_unc
         return loss_sum.detach(), lora_grads(module)
 
     loss, grads = loss_and_grads()
-    module.skip_adapter_input_casts()
-    layer = module.model.base_model.model.model.layers[0].self_attn.q_proj
-    assert layer.cast_input_dtype_enabled is False
-    skipped_loss, skipped_grads = loss_and_grads()
-    torch.testing.assert_close(skipped_loss, loss, rtol=1e-3, atol=1e-3)
+    # PEFT and bitsandbytes keep a float32 input's output float32.
+    assert outputs == {"q_proj": (torch.float32, torch.float32), "gate_proj": (torch.float32, torch.float32)}
+    module.run_adapters_in_autocast_dtype()
+    assert layers.self_attn.q_proj.cast_input_dtype_enabled is False
+    cast_loss, cast_grads = loss_and_grads()
+    assert outputs == {"q_proj": (torch.bfloat16, torch.bfloat16), "gate_proj": (torch.bfloat16, torch.bfloat16)}
+    torch.testing.assert_close(cast_loss, loss, rtol=1e-2, atol=1e-2)
     for name, grad in grads.items():
-        torch.testing.assert_close(skipped_grads[name], grad, rtol=2e-2, atol=1e-4)
+        # bfloat16 rounding of the adapters' products: about 2% of each gradient's norm.
+        assert float((cast_grads[name] - grad).norm() / grad.norm()) < 0.05, name
+    # Outside autocast the layers keep float32.
+    with torch.no_grad():
+        module.compute_loss(data)
+    assert outputs["q_proj"] == (torch.float32, torch.float32)
