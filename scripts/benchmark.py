@@ -6,10 +6,11 @@ recipe, with no performance setting: what a user gets by default), and the peer
 written the way the transformers/PEFT documentation shows it, with every number read
 from the same YAML file so the two cannot drift apart. The peer runs twice: with
 glibc's default heap, as its users get it, and with the heap settings ``python -m
-lit_lora`` starts CPU training with, which separates what the framework gains from
-what the allocator gains. Both stacks load the same dequantized copy of the GGUF
-model that lit_lora caches, train on the same examples with the same label masks,
-save the adapter, and are then validated by one shared function.
+lit_lora`` starts CPU training with (glibc's tunables and a bounded oneDNN primitive
+cache), which separates what the framework gains from what the allocator gains. Both
+stacks load the same dequantized copy of the GGUF model that lit_lora caches, train
+on the same examples with the same label masks, save the adapter, and are then
+validated by one shared function.
 
 Times run from the launch of a stack's process: start-up (interpreter, imports,
 tokenization, model load and quantization) to the first batch, the training loop,
@@ -54,7 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/benchmark.yaml"
 DEFAULT_OUTPUT = "docs/benchmarks.md"
 # The peer twice: as its users run it (glibc's default heap), and with the heap settings
-# `python -m lit_lora` starts CPU training with, which separates what the framework
+# `python -m lit_lora` starts CPU training with (lit_lora.training.heap and
+# lit_lora.training.kernel_cache), which separates what the framework
 # gains from what the allocator gains.
 STACKS = ("lit_lora", "peer", "peer_heap")
 STACK_LABELS = {"lit_lora": "lit_lora", "peer": "peer", "peer_heap": "peer, lit_lora's heap"}
@@ -637,12 +639,16 @@ def run_child(stack: str, args: argparse.Namespace, folder: str, config_path: st
     if args.max_steps is not None:
         command += ["--max_steps", str(args.max_steps)]
     # lit_lora's process starts with the glibc heap settings `python -m lit_lora` sets
-    # for itself on a CPU run; the peer's with the environment as it is, peer_heap's
-    # with lit_lora's settings.
+    # for itself on a CPU run, and the bound on oneDNN's primitive cache it sets on any;
+    # the peer's with the environment as it is, peer_heap's with lit_lora's settings.
     from lit_lora.training.heap import tuned_environ
+    from lit_lora.training.kernel_cache import bound_primitive_cache
 
-    tuned = stack == "peer_heap" or (stack == "lit_lora" and args.device == "cpu")
-    environ = tuned_environ(os.environ) if tuned else None
+    environ = dict(os.environ)
+    if stack == "peer_heap" or (stack == "lit_lora" and args.device == "cpu"):
+        environ = tuned_environ(environ)
+    if stack != "peer":
+        bound_primitive_cache(environ)
     print(f"=== {stack}: {' '.join(command)}", flush=True)
     launched = time.time()
     start = time.perf_counter()
