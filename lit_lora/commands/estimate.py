@@ -39,6 +39,7 @@ from lit_lora.artifacts.source import check_base_settings
 from lit_lora.cli import ConfigOnlyCLI, build_cli
 from lit_lora.data.base import DataModuleContract
 from lit_lora.errors import ConfigError
+from lit_lora.model.attention import attention_for_length
 from lit_lora.model.lora import LoRASettings
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import allows_selective
@@ -221,7 +222,12 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
             quantization,
             optimizer_bytes,
             checkpointing,
-            eager_attention=materialises_attention(model.attn_implementation),
+            # transformers picks sdpa when none is set; fit switches short rows on CPU to eager.
+            eager_attention=materialises_attention(
+                attention_for_length(
+                    length, model.attn_implementation, model.attn_implementation or "sdpa", "cuda" if cuda else "cpu"
+                )
+            ),
             cuda=cuda,
             loading=loading,
             process=True,

@@ -19,6 +19,7 @@ from lit_lora.artifacts.tokenizer import load_tokenizer, tokenizer_source
 from lit_lora.data.resumable import count_batches_on
 from lit_lora.data.sharding import FILLER_KEY
 from lit_lora.errors import ConfigError
+from lit_lora.model.attention import AttentionByLength
 from lit_lora.model.checkpoint import check_adapter_shapes, trainable_shapes, trained_state
 from lit_lora.model.evaluation import EvaluationHooks
 from lit_lora.model.gradient_checkpointing import (
@@ -107,7 +108,9 @@ class LoRAModule(EvaluationHooks, LightningModule):
         embedding_lr_ratio: Learning-rate multiplier for embedding and output-head
             weights trained in full through ``lora.modules_to_save``.
         attn_implementation: Attention kernel passed to transformers (``sdpa``,
-            ``eager``, ``flash_attention_2``); null lets transformers choose.
+            ``eager``, ``flash_attention_2``); null lets transformers choose, and then
+            on CPU micro-batches of rows up to 128 tokens run with ``eager``, which is
+            faster there for short rows (``lit_lora.model.attention``).
         max_new_tokens: Most tokens generated per prompt by ``predict`` and by
             :meth:`generate`.
         adapter_path: A PEFT adapter folder to start from instead of a new adapter:
@@ -175,6 +178,8 @@ class LoRAModule(EvaluationHooks, LightningModule):
         self._replays: list[ReplayQueue] = []
         # Whether the loss may apply the output head itself; probed at the first loss.
         self._separable_head: bool | None = None
+        # The attention kernel of each micro-batch (eager for short rows on CPU); set with the model.
+        self.attention: AttentionByLength | None = None
 
     # ------------------------------------------------------------------ building
     def configure_model(self) -> None:
@@ -185,6 +190,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
             *tokenizer_source(self.model_name_or_path, self.gguf_file, self.tokenizer_name_or_path)
         )
         self.model = self.apply_adapter(self.build_base_model())
+        self.attention = AttentionByLength(self.model, self.attn_implementation)
         trainable, total = self.model.get_nb_trainable_parameters()
         rank_zero_info(f"lit_lora: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%)")
         selective = check_selective(self.model, self.gradient_checkpointing)
@@ -197,6 +203,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
                 self.gradient_checkpointing,
                 self.optimizer_factory,
                 selective,
+                self.attention,
             )
         if self._trainer is not None and str(self.trainer.precision).endswith("-mixed"):
             self.run_adapters_in_autocast_dtype()
@@ -307,6 +314,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         filler = batch.pop(FILLER_KEY, False)
+        self.attention.select(batch["input_ids"].size(-1))
         loss_sum, count = self.compute_loss(batch)
         if filler:
             # Run only to keep this device in step with the others (lit_lora.data.sharding).

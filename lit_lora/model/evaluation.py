@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torchmetrics.aggregation import MeanMetric
 
+from lit_lora.model.attention import AttentionByLength
 from lit_lora.model.generation import end_token_ids, generate_texts
 
 
@@ -28,15 +29,19 @@ class EvaluationHooks:
     # The eval metrics shown on the progress bar as well as logged.
     eval_prog_bar: ClassVar[tuple[str, ...]] = ("loss", "perplexity")
     split_metrics: torch.nn.ModuleDict
+    attention: AttentionByLength
 
-    # Lightning's evaluation hooks, shared by every task: they call the public eval hooks below.
+    # Lightning's evaluation hooks, shared by every task: they pick the batch's attention
+    # kernel (lit_lora.model.attention) and call the public eval hooks below.
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.attention.select(batch["input_ids"].size(-1))
         self.eval_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         self.log_eval_metrics("val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.attention.select(batch["input_ids"].size(-1))
         self.eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:

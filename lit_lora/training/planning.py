@@ -35,6 +35,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_lora.data.base import DataModuleContract
+from lit_lora.model.attention import AttentionByLength
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.training.heap import heap_tuned
 from lit_lora.training.memory import MemoryEstimate, available_memory, estimate_memory, materialises_attention
@@ -160,6 +161,7 @@ def check_memory(
     gradient_checkpointing: bool | str,
     optimizer_factory: Callable,
     selective: bool = False,
+    attention: AttentionByLength | None = None,
 ) -> tuple[MemoryEstimate | None, bool | str]:
     """Resolve the ``auto`` settings, print the memory estimate, and warn when it will not fit.
 
@@ -175,6 +177,7 @@ def check_memory(
         optimizer_factory: Builds the optimizer from parameters; it is built once to
             tell its state size, before any step allocates that state.
         selective: Whether ``auto`` may choose selective checkpointing.
+        attention: The attention kernel by row length; None: the model's own, at every length.
 
     Returns:
         The estimate at the micro-batch used (None when there is no data module), and
@@ -199,6 +202,8 @@ def check_memory(
     budget = int(SAFETY_FRACTION * available)
 
     kind = strategy_kind(trainer.strategy)
+    # The kernel of the longest batch, the one estimated.
+    implementation = attention.implementation(length) if attention else model.config._attn_implementation
 
     def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
         return estimate_memory(
@@ -208,7 +213,7 @@ def check_memory(
             quantization,
             optimizer_bytes,
             checkpointing,
-            eager_attention=materialises_attention(model.config._attn_implementation),
+            eager_attention=materialises_attention(implementation),
             cuda=device.type == "cuda",
             training=training,
             tuned_heap=heap_tuned(),
