@@ -214,7 +214,7 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
     kind = strategy_kind(config.trainer.strategy)
     available = available_memory(torch.device("cuda" if cuda else "cpu"))
 
-    def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
+    def estimate(batch_size: int, checkpointing: bool | str, checkpointed_layers: int | None = None) -> MemoryEstimate:
         return estimate_memory(
             shape,
             batch_size * sequences,
@@ -235,22 +235,29 @@ def predict_peak(args: Sequence[str]) -> PeakEstimate:
             tuned_heap=launched_tuned(),
             weight_shards=shards if kind.shards_weights else 1,
             optimizer_shards=shards if kind.shards_optimizer else 1,
+            checkpointed_layers=checkpointed_layers,
         )
 
-    # What fit picks for the auto settings, from the same estimate and share of the memory.
-    batch_size, checkpointing = plan_batch(
-        lambda size, mode: estimate(size, mode).total,
+    # What fit picks for the auto settings, from the same estimate and share of the
+    # memory: fit plans once the model is loaded, with what the process then holds aside.
+    loaded = estimate(1, False)
+    resident = loaded.overhead + loaded.base_weights + loaded.adapter
+    plan = plan_batch(
+        lambda size, mode, layers: estimate(size, mode, layers).after_loading,
         data.batch_size,
         data.effective_batch_size,
         checkpointing_modes(model.gradient_checkpointing, allows_selective(peft_model), cuda),
-        int(SAFETY_FRACTION * available),
+        int(SAFETY_FRACTION * available) - resident,
+        shape.num_layers,
         max_growth=math.inf if cuda else CPU_MAX_GROWTH,
+        resident=resident,
+        partial=model.gradient_checkpointing == "auto",
     )
     return PeakEstimate(
-        estimate(batch_size, checkpointing),
+        estimate(*plan),
         available,
         "cuda" if cuda else "cpu",
-        batch_size,
+        plan.batch_size,
         length,
         data.max_length,
     )

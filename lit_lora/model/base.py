@@ -96,8 +96,10 @@ class LoRAModule(EvaluationHooks, LightningModule):
             ``auto`` takes the first of ``false``, ``selective`` and ``true`` that
             the memory estimate says fits (or fits the larger micro-batch with
             ``data.batch_size: auto``), starting at ``selective`` on CPU for its
-            lower peak memory. On CPU, ``true`` also hands freed heap pages back
-            to the system before each layer (``lit_lora.training.heap``).
+            lower peak memory, and checkpoints only as many decoder layers as
+            fitting needs (on CPU: the process within 1.5 times its need with
+            ``true``); the run prints its choice. On CPU, ``true`` also hands freed
+            heap pages back to the system before each layer (``lit_lora.training.heap``).
         optimizer: Optimizer factory, chosen in YAML with ``class_path`` (e.g.
             ``bitsandbytes.optim.PagedAdamW8bit``, ``bitsandbytes.optim.AdamW8bit``,
             ``torch.optim.AdamW``) and ``init_args`` (lr, weight_decay, betas...). It
@@ -195,8 +197,9 @@ class LoRAModule(EvaluationHooks, LightningModule):
         rank_zero_info(f"lit_lora: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.4f}%)")
         selective = check_selective(self.model, self.gradient_checkpointing)
         checkpointing = self.gradient_checkpointing if self.gradient_checkpointing != "auto" else False
+        checkpointed_layers = None  # all of them
         if self._trainer is not None:
-            _, checkpointing = check_memory(
+            _, plan = check_memory(
                 self.trainer,
                 self.model,
                 self.quantization,
@@ -205,9 +208,11 @@ class LoRAModule(EvaluationHooks, LightningModule):
                 selective,
                 self.attention,
             )
+            if plan is not None:
+                checkpointing, checkpointed_layers = plan.checkpointing, plan.checkpointed_layers
         if self._trainer is not None and str(self.trainer.precision).endswith("-mixed"):
             self.run_adapters_in_autocast_dtype()
-        self._replays = enable_gradient_checkpointing(self.model, checkpointing)
+        self._replays = enable_gradient_checkpointing(self.model, checkpointing, checkpointed_layers)
         device = next(self.model.parameters()).device
         for split in ("val", "test"):
             self.split_metrics[split] = self.build_eval_metrics().to(device)

@@ -56,7 +56,9 @@ def check_selective(model: PeftModel, setting: bool | str) -> bool:
     return selective
 
 
-def enable_gradient_checkpointing(model: PeftModel, mode: bool | Literal["selective"]) -> list[ReplayQueue]:
+def enable_gradient_checkpointing(
+    model: PeftModel, mode: bool | Literal["selective"], checkpointed_layers: int | None = None
+) -> list[ReplayQueue]:
     """Apply a decided checkpointing mode to ``model``, and the replays that go with it.
 
     On CPU, PEFT's LoRA dropouts are replaced by ones that draw their masks faster and,
@@ -68,21 +70,37 @@ def enable_gradient_checkpointing(model: PeftModel, mode: bool | Literal["select
     Args:
         model: The PEFT model, already on its device.
         mode: ``False``, ``True`` or ``"selective"`` (``auto`` resolved beforehand).
+        checkpointed_layers: How many decoder layers to checkpoint, the first ones
+            (None: all); the others keep their activations, and run as without
+            checkpointing. Any of them would free as much; the first ones' activations
+            would otherwise live longest.
 
     Returns:
         The replay queues, to reset before each micro-batch.
     """
     cpu = next(model.parameters()).device.type == "cpu"
-    replays = use_replay_dropout(model, replay=bool(mode)) if cpu else []
-    if not mode:
+    base = model.get_base_model()
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    checkpointed = layers[:checkpointed_layers] if mode else []
+    if mode and not layers:
+        # Layers transformers does not mark as checkpointable: its own choice, whole.
+        checkpointed = [base]
+    replays = []
+    if cpu:
+        # Replaying dropouts first: the second call finds only the other layers' PEFT dropouts.
+        for layer in checkpointed:
+            replays += use_replay_dropout(layer, replay=True)
+        use_replay_dropout(model, replay=False)
+    if not checkpointed:
         return replays
     # Non-reentrant checkpointing propagates gradients to the adapters of a frozen
     # base without forcing the input embeddings to require grad.
-    base = model.get_base_model()
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
+    for layer in layers[len(checkpointed) :]:
+        layer.gradient_checkpointing = False
     if cpu and mode is True:
-        trim_before_layers(m for m in base.modules() if isinstance(m, GradientCheckpointingLayer))
+        trim_before_layers(checkpointed)
     if mode == "selective":
-        replays += use_replay_linears(adapted_base_layers(model))
+        replays += use_replay_linears(base_layer for layer in checkpointed for base_layer in adapted_base_layers(layer))
     return replays

