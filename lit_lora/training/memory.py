@@ -138,9 +138,12 @@ def activation_bytes(
     if not training:
         per_token = per_layer
     elif checkpointed:
-        # Checkpointed layers keep their inputs, the others everything; backward
-        # recomputes one checkpointed layer at a time (and takes its probabilities' gradient).
-        per_token = checkpointed * shape.hidden_size + (layers - checkpointed + 1) * per_layer + probabilities
+        # Checkpointed layers (the first ones) keep their inputs, the others everything.
+        # Backward recomputes one checkpointed layer at a time, once it has freed the
+        # later layers' activations: that layer's adds to the peak only when every layer
+        # is checkpointed. The probabilities' gradient comes on top, as without checkpointing.
+        kept = max(layers - checkpointed, 1) * per_layer
+        per_token = checkpointed * shape.hidden_size + kept + probabilities
         if gradient_checkpointing == "selective":
             per_token += shape.adapted_outputs * checkpointed // layers
     else:

@@ -21,7 +21,12 @@ from safetensors.torch import load_file
 from tests.helpers.epoch import ADAPTER, fit_epoch, run_fit
 from tests.helpers.tiny import assert_same_adapter
 
-# The data settings of each sampling mode, given the files of tests/integration/conftest.py.
+# Free memory whose 90% (7.2 MB) lies between what the tiny run's estimate needs
+# (python -m lit_lora's heap, batch 4 x 81 tokens) with selective checkpointing on one of
+# its two layers and on none (7.43 MB), on one device or two.
+PARTIAL_PLAN_BYTES = 8_000_000
+
+# The settings of each mode (data, and checkpointing for the last), given the files of tests/integration/conftest.py.
 MODES = {
     "plain": lambda train, extra, spread: ["--data.train_file", train],
     "grouped": lambda train, extra, spread: ["--data.train_file", train, "--data.group_by_length", "true"],
@@ -34,6 +39,17 @@ MODES = {
         json.dumps([{"path": train, "weight": 2.0}, {"path": extra, "weight": 1.0}]),
     ],
     "packed": lambda train, extra, spread: ["--data.train_file", train, "--data.packing", "true"],
+    # gradient_checkpointing: auto told of too little memory to keep every layer's
+    # activations: selective on the first of the two layers (tests.helpers.memory_plan).
+    "partial_checkpointing": lambda train, extra, spread: [
+        "--data.train_file",
+        train,
+        "--model.gradient_checkpointing",
+        "auto",
+        "--trainer.callbacks+=tests.helpers.memory_plan.PlanWithin",
+        f"--trainer.callbacks.available={PARTIAL_PLAN_BYTES}",
+        "--trainer.callbacks.checkpointed=1",
+    ],
 }
 
 

@@ -388,8 +388,8 @@ def test_activations_of_partial_checkpointing_step_layer_by_layer():
         assert activations(0) == estimate_memory(shape, 2, 8, NF4, 0, False).activations
         # Each layer checkpointed (16 tokens, float32) keeps its 64-wide input, its
         # one-byte masks and, selective, its 448 base outputs, instead of 16 x 64 +
-        # 4 x 128 activations; the first one also brings the recomputed layer's.
+        # 4 x 128 activations; the last one leaves the recomputed layer's.
         kept = 64 + (448 if mode == "selective" else 0)
         step = 16 * ((16 * 64 + 4 * 128 - kept) * 4 - 512)
-        assert [activations(n) - activations(n + 1) for n in range(1, 4)] == [step] * 3
-        assert activations(0) - activations(1) == step - 16 * (16 * 64 + 4 * 128) * 4
+        assert [activations(n) - activations(n + 1) for n in range(3)] == [step] * 3
+        assert activations(3) - activations(4) == step - 16 * (16 * 64 + 4 * 128) * 4
