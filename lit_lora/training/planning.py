@@ -176,8 +176,12 @@ def plan_batch(
     _, size, mode = max(plans, key=lambda plan: plan[0])
     checkpointed = layers(mode)
     if partial and checkpointed:
-        # The fewest checkpointed layers that fit (all of them when nothing smaller does).
-        checkpointed = next((count for count in range(num_layers) if fits(size, mode, count)), num_layers)
+        # The fewest checkpointed layers that fit, else the count that needs least (with
+        # lit_lora's estimate all but the last layer: backward frees that layer's
+        # activations before it recomputes any other, see memory.activation_bytes).
+        counts = range(num_layers + 1)
+        fitting = [count for count in counts if fits(size, mode, count)]
+        checkpointed = fitting[0] if fitting else min(counts, key=lambda count: need(size, mode, count))
     return Plan(size, mode if checkpointed else False, checkpointed)
 
 

@@ -119,7 +119,7 @@ def test_auto_checkpointing_is_resolved_as_fit_would(monkeypatch):
     budget = resident + (off.after_loading + selective.after_loading) // 2
     monkeypatch.setattr(estimate_command, "available_memory", lambda device: int(budget / SAFETY_FRACTION) + 1)
     auto = predict("auto")
-    assert selective.activations <= auto.activations < off.activations
+    assert auto.activations < off.activations
     assert resident + auto.after_loading <= budget
 
 

@@ -369,6 +369,8 @@ def test_auto_checkpoints_the_fewest_layers_that_fit():
     # An explicit mode checkpoints every layer; so does auto when nothing less fits.
     assert plan_batch(need, 4, 16, cpu, 1_000, 4, max_growth=1.5, resident=300) == (4, "selective", 4)
     assert plan_batch(need, 4, 16, cpu, 1_000, 4, max_growth=1.5, partial=True) == (4, "selective", 4)
+    # Nothing fits: the count that needs least.
+    assert plan_batch(need, 4, 16, ("selective",), 10, 4, partial=True) == (4, "selective", 4)
     # A process that dwarfs the activations checkpoints none: no checkpointing.
     assert plan_batch(need, 4, 16, cpu, 1_000, 4, max_growth=1.5, resident=10_000, partial=True) == (4, False, 0)
     # On CUDA the budget alone bounds it: off when it fits, else the fewest layers.
