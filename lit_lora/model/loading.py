@@ -87,7 +87,33 @@ def load_base_model(
     )
     if quantization.quantized:
         keep_4bit_training_layout(model)
+        if device.type == "cpu":
+            copy_out_of_checkpoint_file(model)
     return model
+
+
+def copy_out_of_checkpoint_file(model: torch.nn.Module) -> None:
+    """Give the quantized model's full-precision tensors memory of their own on CPU.
+
+    transformers memory-maps a safetensors checkpoint, and a tensor whose dtype is
+    already the one asked for stays a view of that mapping. In a quantized model those
+    views are the few unquantized tensors (embeddings, norms, an untied head), yet they
+    keep the whole mapping alive, and every page of it that quantization read stays
+    in the process's resident memory: a float32 SmolLM2-135M checkpoint left 415 MiB
+    of file pages behind a 110 MiB embedding. Copying them lets the mapping close.
+    Quantized weights are new integer tensors already and are left as they are.
+
+    Args:
+        model: A model loaded onto the CPU with quantized linear layers.
+    """
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.clone()
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                # Assigning to a registered buffer's name replaces it and keeps its persistence.
+                setattr(module, name, buffer.clone())
 
 
 def keep_4bit_training_layout(model: torch.nn.Module) -> None:
