@@ -95,7 +95,7 @@ def measure(profile: str, steps: int, variant: dict, checkpointing: bool | str, 
     # Without a trainer this applies ``checkpointing`` as given (no memory plan).
     module.configure_model()
     if dtype != torch.float32:
-        module.run_adapters_in_autocast_dtype()  # as fit does under mixed precision
+        module.cast_adapted_layers_for_autocast()  # as fit does under mixed precision
     if variant.get("compile"):
         for layer in module.model.get_base_model().get_decoder().layers:
             layer.compile(dynamic=True)

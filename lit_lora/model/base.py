@@ -32,7 +32,7 @@ from lit_lora.model.length_split import overhead_tokens, split_by_length
 from lit_lora.model.loading import base_model_folder, load_base_model
 from lit_lora.model.lora import LoRASettings, trainable_adapter
 from lit_lora.model.loss import head_loss_sum, probe_separable_head, token_loss_sum
-from lit_lora.model.mixed_precision import run_adapters_in_autocast_dtype
+from lit_lora.model.mixed_precision import cast_adapted_layers_for_autocast
 from lit_lora.model.quantization import QuantizationSettings
 from lit_lora.model.replay import ReplayQueue
 from lit_lora.model.trained_on import store_record
@@ -211,20 +211,21 @@ class LoRAModule(EvaluationHooks, LightningModule):
             if plan is not None:
                 checkpointing, checkpointed_layers = plan.checkpointing, plan.checkpointed_layers
         if self._trainer is not None and str(self.trainer.precision).endswith("-mixed"):
-            self.run_adapters_in_autocast_dtype()
+            self.cast_adapted_layers_for_autocast()
         self._replays = enable_gradient_checkpointing(self.model, checkpointing, checkpointed_layers)
         device = next(self.model.parameters()).device
         for split in ("val", "test"):
             self.split_metrics[split] = self.build_eval_metrics().to(device)
 
-    def run_adapters_in_autocast_dtype(self) -> None:
-        """Run the adapted layers in the autocast dtype under mixed precision, as plain layers would.
+    def cast_adapted_layers_for_autocast(self) -> None:
+        """Run the adapted layers on half-precision inputs under mixed precision, adding in float32.
 
-        Without it PEFT and bitsandbytes keep an adapted layer's float32 input, and its
-        output, in float32 (:mod:`lit_lora.model.mixed_precision`). Only for mixed
-        precision: without autocast nothing is cast.
+        Without it PEFT and bitsandbytes keep an adapted layer's float32 input in
+        float32; with it the layer keeps the autocast dtype's copy and still adds the
+        adapter's contribution to the base's in float32 (:mod:`lit_lora.model.mixed_precision`).
+        Only for mixed precision: without autocast nothing is cast.
         """
-        run_adapters_in_autocast_dtype(self.model)
+        cast_adapted_layers_for_autocast(self.model)
 
     def build_base_model(self) -> PreTrainedModel:
         """Load the frozen base model, quantized, on this process's device."""

@@ -275,7 +275,7 @@ def test_a_model_that_scales_its_logits_falls_back_to_the_full_head(tiny_model_d
     assert not probe_separable_head(module.model, module.hidden_states)
 
 
-def test_under_autocast_adapted_layers_run_in_bfloat16_and_the_loss_is_unchanged(tiny_model_dir):
+def test_under_autocast_adapted_layers_take_bfloat16_inputs_and_the_loss_is_unchanged(tiny_model_dir):
     module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4", compute_dtype="bfloat16"))
     module.train()
     data = batch(4, 2, 16, [5, 9], module.model.config.vocab_size)
@@ -294,10 +294,11 @@ def test_under_autocast_adapted_layers_run_in_bfloat16_and_the_loss_is_unchanged
     loss, grads = loss_and_grads()
     # PEFT and bitsandbytes keep a float32 input's output float32.
     assert outputs == {"q_proj": (torch.float32, torch.float32), "gate_proj": (torch.float32, torch.float32)}
-    module.run_adapters_in_autocast_dtype()
+    module.cast_adapted_layers_for_autocast()
     assert layers.self_attn.q_proj.cast_input_dtype_enabled is False
     cast_loss, cast_grads = loss_and_grads()
-    assert outputs == {"q_proj": (torch.bfloat16, torch.bfloat16), "gate_proj": (torch.bfloat16, torch.bfloat16)}
+    # Half-size inputs kept for backward; the sum of base and adapter stays float32.
+    assert outputs == {"q_proj": (torch.bfloat16, torch.float32), "gate_proj": (torch.bfloat16, torch.float32)}
     torch.testing.assert_close(cast_loss, loss, rtol=1e-2, atol=1e-2)
     for name, grad in grads.items():
         # bfloat16 rounding of the adapters' products: about 2% of each gradient's norm.
@@ -306,3 +307,23 @@ def test_under_autocast_adapted_layers_run_in_bfloat16_and_the_loss_is_unchanged
     with torch.no_grad():
         module.compute_loss(data)
     assert outputs["q_proj"] == (torch.float32, torch.float32)
+
+
+def test_under_autocast_a_small_adapter_contribution_is_not_rounded_away(tiny_model_dir):
+    module = build(tiny_model_dir, quantization=QuantizationSettings(mode="nf4", compute_dtype="bfloat16"))
+    module.eval()  # no dropout: the adapter's contribution is a plain product
+    module.cast_adapted_layers_for_autocast()
+    layer = module.model.base_model.model.model.layers[0].mlp.gate_proj
+    x = torch.randn(2, 8, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = layer.get_base_layer()(x.to(torch.bfloat16)).float()
+        a, b, scaling = layer.lora_A["default"].weight, layer.lora_B["default"], layer.scaling["default"]
+        # A young adapter: its contribution about 1e-3 of the base's output, under half a bfloat16 step.
+        b.weight.copy_(torch.randn(b.weight.shape, generator=torch.Generator().manual_seed(1)))
+        contribution = (x @ a.T @ b.weight.T) * scaling
+        b.weight.mul_(1e-3 * float(base.norm() / contribution.norm()))
+        contribution = (x @ a.T @ b.weight.T) * scaling
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            added = layer(x) - layer.get_base_layer()(x.to(torch.bfloat16))
+    # Added in bfloat16, about all of it was lost; in float32 only the adapter's own rounding remains.
+    assert float((added - contribution).norm() / contribution.norm()) < 0.05
