@@ -97,7 +97,7 @@ class LoRAModule(EvaluationHooks, LightningModule):
             the memory estimate says fits (or fits the larger micro-batch with
             ``data.batch_size: auto``), starting at ``selective`` on CPU for its
             lower peak memory, and checkpoints only as many decoder layers as
-            fitting needs (on CPU: the process within 1.3 times its need with
+            fitting needs (on CPU: the process within 1.5 times its need with
             ``true``); the run prints its choice. On CPU, ``true`` also hands freed
             heap pages back to the system before each layer (``lit_lora.training.heap``).
         optimizer: Optimizer factory, chosen in YAML with ``class_path`` (e.g.
