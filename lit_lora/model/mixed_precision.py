@@ -11,9 +11,7 @@ layer, to the autocast dtype, so the base, the dropout and the adapter all run o
 and keep, the half-size copy. The layer's output stays float32: the base's product is
 widened before PEFT adds the adapter's, because a young adapter's contribution is far
 below half a bfloat16 step of the base's output (8 mantissa bits) and rounding their
-sum drops most of it. With the sum rounded to bfloat16, validation loss on the
-``long_prompt`` benchmark profile was 1.5895; with it kept float32, 1.4440
-(``docs/benchmarks.md``).
+sum drops most of it, which costs validation loss (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
