@@ -830,7 +830,8 @@ def machine_description(device: torch.device, peaks: dict[str, float]) -> str:
             f"bitsandbytes {bitsandbytes.__version__}, lightning {lightning.__version__}, "
             f"Python {platform.python_version()}"
         ),
-        "- measured peak: " + ", ".join(f"{name} {flops / 1e12:.2f} TFLOP/s" for name, flops in peaks.items()),
+        # GFLOP/s: an emulated bf16 peak (about 1 GFLOP/s) would print as 0.00 TFLOP/s.
+        "- measured peak: " + ", ".join(f"{name} {flops / 1e9:,.0f} GFLOP/s" for name, flops in peaks.items()),
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
     ]
     return "\n".join(lines)

@@ -22,17 +22,19 @@ from tests.helpers.modules import batch, build, lora_grads
 DROPOUT = LoRASettings(r=4, alpha=8, dropout=0.2, init_lora_weights=False)
 
 
-def test_masks_keep_each_element_with_the_probability_asked_in_both_lanes_of_a_draw():
+def test_masks_keep_each_element_with_the_probability_asked_in_all_four_lanes_of_a_draw():
     torch.manual_seed(0)
     mask, keep = keep_mask(torch.Size([1000, 1000]), 0.95)
     assert mask.dtype == torch.bool and mask.shape == (1000, 1000)
-    assert keep == round(0.95 * 2**31) / 2**31
+    assert keep == round(0.95 * 2**16) / 2**16 == 62259 / 65536
     # Binomial standard deviation of the mean over 10^6 elements: 2.2e-4.
     assert mask.float().mean().item() == pytest.approx(0.95, abs=1e-3)
     lanes = mask.flatten()
-    assert lanes[0::2].float().mean().item() == pytest.approx(0.95, abs=1.5e-3)  # each draw's low 31 bits
-    assert lanes[1::2].float().mean().item() == pytest.approx(0.95, abs=1.5e-3)  # and its high 31 bits
-    assert keep_mask(torch.Size([3]), 0.5)[0].shape == (3,)  # an odd count uses half a draw
+    for lane in range(4):  # each 16-bit quarter of a 64-bit draw, the sign bit's included (sd 4.4e-4)
+        assert lanes[lane::4].float().mean().item() == pytest.approx(0.95, abs=2e-3)
+    assert keep_mask(torch.Size([3]), 0.5)[0].shape == (3,)  # a count not a multiple of 4 uses part of a draw
+    assert keep_mask(torch.Size([10_000]), 1 - 2**-18)[0].all()  # rounds to 1: every lane kept, the largest too
+    assert not keep_mask(torch.Size([10_000]), 0.0)[0].any()
 
 
 def test_masks_keep_one_minus_p_scaled_and_are_queued_only_with_gradients():
